@@ -1,0 +1,138 @@
+"""Charsets, label preparation and token ids.
+
+Label preparation follows PARSeq's `LmdbDataset` (DESIGN §3), the convention every STR number is
+reported under: strip whitespace, NFKD-normalise and drop non-ASCII, case-fold when the charset has
+no upper case, *remove* symbols outside the charset, then reject (never truncate) a label that is
+empty or longer than `max_len`. Rejections carry a reason so callers can count them.
+
+Token ids (shared by the student, its datasets and the evaluator):
+``0 = EOS``, ``1..C = characters``, ``C+1 = BOS``, ``C+2 = PAD``. The classifier predicts
+``C + 1`` classes (EOS and the characters); BOS and PAD are inputs/ignore markers only.
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from dataclasses import dataclass, field
+
+import torch
+
+CHARSETS: dict[str, str] = {
+    "36": string.digits + string.ascii_lowercase,
+    "62": string.digits + string.ascii_lowercase + string.ascii_uppercase,
+    "94": string.digits + string.ascii_lowercase + string.ascii_uppercase + string.punctuation,
+}
+MAX_LABEL_LEN = 25
+
+# Reasons a label is rejected; callers count them by these names.
+REASON_EMPTY = "empty"
+REASON_TOO_LONG = "too_long"
+
+
+class LabelRejected(ValueError):
+    """A label that cannot be trained on; `reason` is one of the REASON_* names."""
+
+    def __init__(self, reason: str, label: str) -> None:
+        super().__init__(f"label {label!r} rejected: {reason}")
+        self.reason = reason
+        self.label = label
+
+
+@dataclass(frozen=True)
+class Charset:
+    """An ordered set of symbols plus the special ids the recognizer needs."""
+
+    name: str
+    chars: str
+    max_len: int = MAX_LABEL_LEN
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {c: i + 1 for i, c in enumerate(self.chars)})
+
+    @classmethod
+    def from_name(cls, name: str | int, max_len: int = MAX_LABEL_LEN) -> Charset:
+        key = str(name)
+        if key not in CHARSETS:
+            raise ValueError(f"unknown charset {name!r}; choose one of {sorted(CHARSETS)}")
+        return cls(key, CHARSETS[key], max_len)
+
+    # ids ------------------------------------------------------------------------------------
+    eos_id = 0
+
+    @property
+    def bos_id(self) -> int:
+        return len(self.chars) + 1
+
+    @property
+    def pad_id(self) -> int:
+        return len(self.chars) + 2
+
+    @property
+    def num_classes(self) -> int:
+        """Classifier outputs: EOS plus every character."""
+        return len(self.chars) + 1
+
+    @property
+    def lowercase_only(self) -> bool:
+        return not any(c.isupper() for c in self.chars)
+
+    # labels ---------------------------------------------------------------------------------
+    def filter(self, text: str) -> str:
+        """Normalise and keep only charset symbols, without length checks (used on predictions)."""
+        text = "".join(text.split())
+        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+        if self.lowercase_only:
+            text = text.lower()
+        return "".join(c for c in text if c in self._index)
+
+    def prepare(self, label: str) -> str:
+        """Return the trainable form of `label` or raise `LabelRejected` (DESIGN §3)."""
+        text = self.filter(label)
+        if not text:
+            raise LabelRejected(REASON_EMPTY, label)
+        if len(text) > self.max_len:
+            raise LabelRejected(REASON_TOO_LONG, label)
+        return text
+
+    def prepare_test(self, label: str) -> str | None:
+        """PARSeq's test protocol: drop labels longer than max_len *before* filtering."""
+        if len("".join(label.split())) > self.max_len:
+            return None
+        text = self.filter(label)
+        return text or None
+
+    # tokens ---------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Character ids of an already prepared label (no specials)."""
+        try:
+            return [self._index[c] for c in text]
+        except KeyError as err:
+            raise ValueError(f"{err.args[0]!r} is not in charset {self.name}") from None
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        """Characters up to the first EOS; BOS/PAD are skipped."""
+        out = []
+        for i in ids.tolist() if isinstance(ids, torch.Tensor) else ids:
+            if i == self.eos_id:
+                break
+            if 1 <= i <= len(self.chars):
+                out.append(self.chars[i - 1])
+        return "".join(out)
+
+    def batch_targets(self, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forcing tensors for prepared labels, both ``(B, max_len_in_batch + 1)``.
+
+        inputs  = ``[BOS, c1 … cL, PAD …]``, targets = ``[c1 … cL, EOS, PAD …]``.
+        """
+        width = max(len(s) for s in labels) + 1
+        inputs = torch.full((len(labels), width), self.pad_id, dtype=torch.long)
+        targets = torch.full((len(labels), width), self.pad_id, dtype=torch.long)
+        for row, text in enumerate(labels):
+            ids = self.encode(text)
+            inputs[row, 0] = self.bos_id
+            inputs[row, 1 : len(ids) + 1] = torch.tensor(ids, dtype=torch.long)
+            targets[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            targets[row, len(ids)] = self.eos_id
+        return inputs, targets

@@ -1,0 +1,144 @@
+"""The common STR LMDB format: ``num-samples``, ``image-%09d``, ``label-%09d`` with 1-based keys.
+
+This is how MJSynth, SynthText and every benchmark test set are distributed. The reader never
+crashes mid-epoch on a bad record: a missing label or undecodable image is skipped with a warning
+naming the LMDB and the index, and counted in `LmdbReader.skipped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+from PIL import Image
+
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.preprocess import decode_image
+
+log = logging.getLogger(__name__)
+
+SKIP_MISSING_IMAGE = "missing_image"
+SKIP_MISSING_LABEL = "missing_label"
+SKIP_CORRUPT_IMAGE = "corrupt_image"
+
+
+def is_lmdb_dir(path: Path) -> bool:
+    return (path / "data.mdb").is_file()
+
+
+class LmdbReader:
+    """Iterates one STR LMDB; `skipped` counts skipped records by reason."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such LMDB")
+        if not is_lmdb_dir(self.path):
+            raise InputError(f"{self.path}: not an LMDB (no data.mdb)")
+        try:
+            self._env = lmdb.open(
+                str(self.path), readonly=True, lock=False, readahead=False, meminit=False
+            )
+        except lmdb.Error as err:
+            raise InputError(f"{self.path}: cannot open LMDB ({err})") from None
+        with self._env.begin() as txn:
+            raw = txn.get(b"num-samples")
+        if raw is None:
+            raise InputError(f"{self.path}: LMDB has no 'num-samples' key")
+        try:
+            self.num_samples = int(raw)
+        except ValueError:
+            raise InputError(f"{self.path}: 'num-samples' is not an integer: {raw!r}") from None
+        self.skipped: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _skip(self, index: int, reason: str, detail: str = "") -> None:
+        self.skipped[reason] += 1
+        log.warning("%s: sample %d skipped (%s)%s", self.path, index, reason, detail)
+
+    def iter_raw(self, skip_bad: bool = True) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """Yield ``(index, image_bytes, label)`` in order, without decoding.
+
+        With `skip_bad`, records missing either part are skipped (and counted); without it they
+        are yielded with ``None`` so an evaluator can count them as wrong instead.
+        """
+        with self._env.begin() as txn:
+            for index in range(1, self.num_samples + 1):
+                label = txn.get(b"label-%09d" % index)
+                image = txn.get(b"image-%09d" % index)
+                if skip_bad and label is None:
+                    self._skip(index, SKIP_MISSING_LABEL)
+                    continue
+                if skip_bad and image is None:
+                    self._skip(index, SKIP_MISSING_IMAGE)
+                    continue
+                yield (
+                    index,
+                    None if image is None else bytes(image),
+                    None if label is None else label.decode("utf-8", errors="replace"),
+                )
+
+    def __iter__(self) -> Iterator[tuple[int, Image.Image, str]]:
+        """Yield ``(index, RGB image, raw label)``, skipping undecodable images with a warning."""
+        for index, data, label in self.iter_raw():
+            try:
+                img = decode_image(data)
+            except Exception as err:  # PIL raises many types on corrupt data
+                self._skip(index, SKIP_CORRUPT_IMAGE, f": {err}")
+                continue
+            yield index, img, label
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class LmdbWriter:
+    """Writes an STR LMDB under a temporary name; it appears at `path` only when closed cleanly."""
+
+    def __init__(self, path: str | Path, map_size: int = 1 << 36, commit_every: int = 1000):
+        self.path = Path(path)
+        if self.path.exists():
+            raise InputError(f"{self.path}: already exists; remove it or choose another --out")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._env = lmdb.open(str(self._tmp), map_size=map_size)
+        self._txn = self._env.begin(write=True)
+        self._commit_every = commit_every
+        self.count = 0
+
+    def add(self, image: bytes, label: str) -> int:
+        """Append one sample; returns its 1-based index."""
+        self.count += 1
+        self._txn.put(b"image-%09d" % self.count, image)
+        self._txn.put(b"label-%09d" % self.count, label.encode("utf-8"))
+        if self.count % self._commit_every == 0:
+            self._txn.commit()
+            self._txn = self._env.begin(write=True)
+        return self.count
+
+    def close(self) -> None:
+        self._txn.put(b"num-samples", str(self.count).encode())
+        self._txn.commit()
+        self._env.close()
+        self._tmp.rename(self.path)
+
+    def abort(self) -> None:
+        self._txn.abort()
+        self._env.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> LmdbWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
