@@ -1,0 +1,115 @@
+"""`clipocr train`: distil a student from cached teacher targets (CLIP is never loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_DATA = "Data"
+_OPT = "Optimisation"
+_DIST = "Distillation"
+_RUN = "Run"
+
+
+def train(
+    shards: Annotated[
+        Path | None, typer.Option(help="Folder of prepared tar shards.", rich_help_panel=_DATA)
+    ] = None,
+    teacher_store: Annotated[
+        Path | None,
+        typer.Option(help="Teacher store made by cache-teacher.", rich_help_panel=_DATA),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (checkpoints, config, curves).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file of TrainConfig values; flags override it.", rich_help_panel=_RUN
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Student size: test, tiny, small (paper), base.")
+    ] = None,
+    charset: Annotated[
+        str | None, typer.Option(help="36, 62 or 94.", rich_help_panel=_DATA)
+    ] = None,
+    distill: Annotated[
+        bool | None,
+        typer.Option(
+            "--distill/--no-distill",
+            help="--no-distill trains the plain baseline (no store needed).",
+            rich_help_panel=_DIST,
+        ),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(rich_help_panel=_OPT)] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Base lr, scaled by sqrt(GPUs)·batch/256.", rich_help_panel=_OPT),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(rich_help_panel=_OPT)] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Step budget (overrides --epochs).", rich_help_panel=_OPT)
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.", rich_help_panel=_OPT
+        ),
+    ] = None,
+    loss_type: Annotated[
+        str | None, typer.Option(help="lcl (paper) or l1 (ablation).", rich_help_panel=_DIST)
+    ] = None,
+    use_image: Annotated[
+        bool | None,
+        typer.Option("--image-guidance/--no-image-guidance", rich_help_panel=_DIST),
+    ] = None,
+    use_text: Annotated[
+        bool | None, typer.Option("--text-guidance/--no-text-guidance", rich_help_panel=_DIST)
+    ] = None,
+    use_gam: Annotated[bool | None, typer.Option("--gam/--no-gam", rich_help_panel=_DIST)] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="DataLoader worker processes.", rich_help_panel=_DATA)
+    ] = None,
+    augment: Annotated[
+        bool | None, typer.Option("--augment/--no-augment", rich_help_panel=_DATA)
+    ] = None,
+    seed: Annotated[int | None, typer.Option(rich_help_panel=_RUN)] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:1 …", rich_help_panel=_RUN)
+    ] = None,
+    val: Annotated[
+        list[Path] | None,
+        typer.Option(help="Validation LMDB (repeatable).", rich_help_panel=_RUN),
+    ] = None,
+    val_every: Annotated[int | None, typer.Option(rich_help_panel=_RUN)] = None,
+    ckpt_every: Annotated[int | None, typer.Option(rich_help_panel=_RUN)] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue the run in --out exactly where it stopped.", rich_help_panel=_RUN
+        ),
+    ] = False,
+) -> None:
+    """Train a student from prepared shards, distilling from cached teacher targets.
+
+    Writes RUN/config.json (resolved settings), RUN/history.jsonl, RUN/curves.png,
+    RUN/checkpoints/step-N/ (student.safetensors + state.pt) and the exported inference model
+    RUN/student.safetensors (the student alone). Multi-GPU: launch with `torchrun`.
+    """
+    from clipocr.train_student.config import TrainConfig
+    from clipocr.train_student.trainer import Trainer
+
+    given = dict(locals())
+    for name in ("config", "resume"):
+        given.pop(name)
+    for name in ("shards", "teacher_store", "out"):
+        if given[name] is not None:
+            given[name] = str(given[name])
+    if given["val"] is not None:
+        given["val"] = [str(p) for p in given["val"]]
+    cfg = TrainConfig.from_sources(config, given)
+    final = Trainer(cfg, resume=resume).run()
+    typer.echo(f"student exported to {final}")

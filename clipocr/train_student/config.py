@@ -1,0 +1,87 @@
+"""Typed training configuration: defaults ← optional JSON config file ← CLI flags.
+
+The resolved config is written to ``RUN_DIR/config.json`` by every run, and `--resume` checks that
+the run it continues was made with the same settings (bar the step budget).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from clipocr.pipeline.errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    shards: str = ""
+    teacher_store: str | None = None
+    out: str = "runs/student"
+    preset: str = "small"
+    charset: str = "36"
+    distill: bool = True
+    # optimisation (official recipe, PARSeq base; DESIGN §6)
+    batch_size: int = 160
+    lr: float = 1.4e-3  # base lr, scaled by sqrt(world_size) · batch_size / 256 as PARSeq does
+    weight_decay: float = 0.0
+    epochs: int = 5
+    max_steps: int | None = None  # overrides epochs when set
+    warmup_pct: float = 0.075
+    grad_clip: float = 20.0
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or bf16 | fp16 | fp32
+    # distillation heads and loss
+    loss_type: str = "lcl"  # lcl | l1
+    lambda1: float = 5.0
+    lambda2: float = 0.1
+    tau: float = 0.03
+    use_image: bool = True
+    use_text: bool = True
+    use_gam: bool = True
+    # data
+    workers: int = 2
+    shuffle_buffer: int = 1000
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    # bookkeeping
+    val: list[str] = field(default_factory=list)
+    val_every: int = 500
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.distill and not self.teacher_store:
+            raise InputError("train: --teacher-store is required unless --no-distill is given")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise InputError(f"train: unknown --precision {self.precision!r}")
+        if self.loss_type not in ("lcl", "l1"):
+            raise InputError(f"train: unknown --loss-type {self.loss_type!r}")
+
+    # Settings that may differ between a run and its resumption.
+    RESUMABLE_CHANGES = ("max_steps", "epochs", "val", "val_every", "ckpt_every", "progress",
+                         "workers", "device", "log_every", "keep_checkpoints")  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_sources(cls, config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
+        """Defaults, then the JSON file's values, then the explicitly given CLI values."""
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            try:
+                values.update(json.loads(Path(config_file).read_text()))
+            except (OSError, json.JSONDecodeError) as err:
+                raise InputError(f"{config_file}: cannot read config ({err})") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InputError(f"{config_file}: unknown config keys {sorted(unknown)}")
+        return cls(**values)

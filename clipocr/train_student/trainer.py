@@ -1,0 +1,306 @@
+"""The training loop: streaming batches → DistillSystem → AdamW + OneCycle, with checkpoints.
+
+Resume is exact: a checkpoint holds the student, heads, optimizer, scheduler, the step/epoch/batch
+position and the torch RNG state, and the data stream is a pure function of (seed, epoch, position)
+(see `dataset.py`), so `--resume` continues with the very batch and dropout masks the uninterrupted
+run would have used. CLIP is never loaded here: the teacher only exists as cached targets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from clipocr.pipeline.charset import Charset
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.preprocess import IMG_H, IMG_W, normalize
+from clipocr.pipeline.teacher_store import TeacherStore
+from clipocr.train_student.checkpoint import save_student
+from clipocr.train_student.config import TrainConfig
+from clipocr.train_student.dataset import DistillStream, StreamConfig
+from clipocr.train_student.heads import DistillConfig
+from clipocr.train_student.model import Student, student_config
+from clipocr.train_student.system import DistillSystem
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "state.pt"
+STUDENT_NAME = "student.safetensors"
+
+
+@dataclass
+class Position:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def _dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment, or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def open_store(cfg: TrainConfig, charset: Charset) -> TeacherStore:
+    """The teacher store, refused unless its manifest fits what this run trains with."""
+    store = TeacherStore(cfg.teacher_store)
+    store.check_compatible({"charset": charset.name, "image_size": [IMG_H, IMG_W]})
+    return store
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a directory is renamed into place when complete)."""
+    root = run_dir / "checkpoints"
+    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.exists() else []
+
+
+class Trainer:
+    """One training run; `run()` trains to the step budget and exports the student."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out)
+        self.rank, self.world, local_rank = _dist_env()
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.device = _device(cfg, local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.is_main = self.rank == 0
+        self._prepare_run_dir(resume)
+
+        torch.manual_seed(cfg.seed)
+        self.charset = Charset.from_name(cfg.charset)
+        self.store = open_store(cfg, self.charset) if cfg.distill else None
+        self.student = Student(student_config(cfg.preset, charset=cfg.charset))
+        distill = DistillConfig(
+            lambda1=cfg.lambda1, lambda2=cfg.lambda2, tau=cfg.tau, loss_type=cfg.loss_type,
+            use_image=cfg.use_image, use_text=cfg.use_text, use_gam=cfg.use_gam,
+        )  # fmt: skip
+        dims = self.store.spec.dims if self.store is not None else None
+        self.system = DistillSystem(self.student, dims, distill).to(self.device)
+        self.model = (
+            DistributedDataParallel(self.system, find_unused_parameters=False)
+            if self.world > 1
+            else self.system
+        )
+
+        self.stream = DistillStream(
+            cfg.shards,
+            self.charset,
+            StreamConfig(cfg.batch_size, cfg.shuffle_buffer, cfg.augment, cfg.seed),
+            store=self.store,
+            rank=self.rank,
+            world=self.world,
+        )
+        self.stream.num_workers = max(cfg.workers, 1)
+        self.steps_per_epoch = self.stream.batches_per_epoch()
+        if self.steps_per_epoch == 0:
+            raise InputError(f"{cfg.shards}: no batches for rank {self.rank}")
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+
+        lr = cfg.lr * math.sqrt(self.world) * cfg.batch_size / 256
+        self.optimizer = torch.optim.AdamW(
+            self.system.parameters(), lr=lr, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer,
+            max_lr=lr,
+            total_steps=self.total_steps,
+            pct_start=cfg.warmup_pct,
+            cycle_momentum=False,
+        )
+        self.pos = Position()
+        if resume:
+            self._load_latest()
+        if self.is_main:
+            log.info("student: %.2f M parameters", self.student.num_params() / 1e6)
+
+    # -- run directory and checkpoints ---------------------------------------------------------
+    def _prepare_run_dir(self, resume: bool) -> None:
+        config_path = self.run_dir / "config.json"
+        if resume:
+            if not config_path.exists():
+                raise InputError(f"{self.run_dir}: nothing to resume (no config.json)")
+            before = json.loads(config_path.read_text())
+            now = self.cfg.to_dict()
+            changed = [
+                k for k in now if k not in TrainConfig.RESUMABLE_CHANGES and before.get(k) != now[k]
+            ]
+            if changed:
+                raise InputError(
+                    f"{config_path}: --resume with different settings: {', '.join(changed)}"
+                )
+        elif config_path.exists():
+            raise InputError(f"{self.run_dir}: already holds a run; use --resume or another --out")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(config_path)
+
+    def save_checkpoint(self) -> Path:
+        """Student (safetensors) + training state into checkpoints/step-N, renamed when complete."""
+        root = self.run_dir / "checkpoints"
+        final = root / f"step-{self.pos.step:08d}"
+        tmp = root / f".tmp-step-{self.pos.step:08d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_student(tmp / STUDENT_NAME, self.student)
+        torch.save(
+            {
+                "position": vars(self.pos),
+                "system": self.system.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            tmp / STATE_NAME,
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in checkpoint_dirs(self.run_dir)[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old)
+        return final
+
+    def _load_latest(self) -> None:
+        found = checkpoint_dirs(self.run_dir)
+        if not found:
+            raise InputError(f"{self.run_dir}: no finished checkpoint to resume from")
+        state = torch.load(found[-1] / STATE_NAME, map_location=self.device, weights_only=True)
+        self.system.load_state_dict(state["system"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.pos = Position(**state["position"])
+        log.warning("%s: resumed at step %d", found[-1], self.pos.step)
+
+    # -- one step ------------------------------------------------------------------------------
+    def _to_device(self, batch: dict) -> dict:
+        moved = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device, non_blocking=True)
+            moved[key] = value
+        moved["images"] = normalize(moved["images"])
+        return moved
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        self.model.train()
+        with _autocast(self.cfg, self.device):
+            terms = self.model(self._to_device(batch))
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.system.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out["grad_norm"] = float(grad_norm)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(
+            self.stream,
+            batch_size=None,
+            num_workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
+            # A private generator keeps the DataLoader from drawing on the global RNG, so dropout
+            # masks after --resume match the uninterrupted run.
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+            prefetch_factor=4 if self.cfg.workers else None,
+        )
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        from clipocr.evaluate import evaluate
+
+        report = evaluate(self.student, self.cfg.val, device=self.device, progress=False)
+        return {f"val_acc/{row.name}": row.accuracy for row in report.rows}
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> Path:
+        history_path = self.run_dir / "history.jsonl"
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.pos.step,
+            desc="train",
+            unit="step",
+            disable=not (self.cfg.progress and self.is_main),
+        )
+        loader = self._loader()
+        with open(history_path, "a") as history:
+            while self.pos.step < self.total_steps:
+                self.stream.set_epoch(self.pos.epoch, self.pos.batch_in_epoch)
+                tic, seen = time.perf_counter(), 0
+                for batch in loader:
+                    metrics = self.train_step(batch)
+                    self.pos.step += 1
+                    self.pos.batch_in_epoch += 1
+                    seen += len(batch["labels"])
+                    bar.update(1)
+                    if self.is_main and self.pos.step % self.cfg.log_every == 0:
+                        metrics["samples_per_s"] = seen / (time.perf_counter() - tic)
+                        bar.set_postfix(
+                            {k: f"{metrics[k]:.3g}" for k in metrics if k != "lr"}, refresh=False
+                        )
+                        history.write(json.dumps({"step": self.pos.step, **metrics}) + "\n")
+                        history.flush()
+                    if self.is_main and self.cfg.val and self.pos.step % self.cfg.val_every == 0:
+                        record = {"step": self.pos.step, **self.validate()}
+                        history.write(json.dumps(record) + "\n")
+                        history.flush()
+                    if self.is_main and self.pos.step % self.cfg.ckpt_every == 0:
+                        self.save_checkpoint()
+                    if (
+                        self.pos.step >= self.total_steps
+                        or self.pos.batch_in_epoch >= self.steps_per_epoch
+                    ):
+                        break
+                if self.pos.batch_in_epoch >= self.steps_per_epoch:
+                    self.pos.epoch += 1
+                    self.pos.batch_in_epoch = 0
+            if self.is_main and self.cfg.val and self.pos.step % self.cfg.val_every != 0:
+                history.write(json.dumps({"step": self.pos.step, **self.validate()}) + "\n")
+        bar.close()
+        final = self.run_dir / STUDENT_NAME
+        if self.is_main:
+            if self.pos.step % self.cfg.ckpt_every != 0:
+                self.save_checkpoint()
+            save_student(final, self.student)
+            from clipocr.train_student.curves import plot_curves
+
+            plot_curves(history_path, self.run_dir / "curves.png")
+        if self.world > 1:
+            dist.barrier()
+        return final
