@@ -99,10 +99,10 @@ def train(
     RUN/checkpoints/step-N/ (student.safetensors + state.pt) and the exported inference model
     RUN/student.safetensors (the student alone). Multi-GPU: launch with `torchrun`.
     """
+    given = dict(locals())
     from clipocr.train_student.config import TrainConfig
     from clipocr.train_student.trainer import Trainer
 
-    given = dict(locals())
     for name in ("config", "resume"):
         given.pop(name)
     for name in ("shards", "teacher_store", "out"):

@@ -83,5 +83,5 @@ class TrainConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
-            raise InputError(f"{config_file}: unknown config keys {sorted(unknown)}")
+            raise InputError(f"{config_file or 'train'}: unknown config keys {sorted(unknown)}")
         return cls(**values)

@@ -73,7 +73,9 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 def open_store(cfg: TrainConfig, charset: Charset) -> TeacherStore:
     """The teacher store, refused unless its manifest fits what this run trains with."""
     store = TeacherStore(cfg.teacher_store)
-    store.check_compatible({"charset": charset.name, "image_size": [IMG_H, IMG_W]})
+    store.check_compatible(
+        {"charset": charset.name, "preprocessing": {"image_size": [IMG_H, IMG_W]}}
+    )
     return store
 
 

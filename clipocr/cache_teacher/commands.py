@@ -1,0 +1,180 @@
+"""`clipocr cache-teacher` and `clipocr teacher-pretrain` (the only commands that load CLIP)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_TEACHER = "Teacher"
+_RUN = "Run"
+
+
+def cache_teacher(
+    shards: Annotated[
+        Path | None, typer.Option(help="Folder of prepared tar shards (with shards.json).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Teacher store to create or complete (path or fsspec URL).")
+    ] = None,
+    clip_model: Annotated[
+        str,
+        typer.Option(
+            help="open_clip model name (ViT-B-16 …) or a clipocr teacher config JSON "
+            "(e.g. the bundled demo teacher).",
+            rich_help_panel=_TEACHER,
+        ),
+    ] = "ViT-B-16",
+    clip_pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="Local weights file (.safetensors/.pt) or an open_clip tag (downloads; needs "
+            "network). Without it the teacher is randomly initialised (for speed tests only).",
+            rich_help_panel=_TEACHER,
+        ),
+    ] = None,
+    pos_embed: Annotated[
+        str,
+        typer.Option(help="crop (official code) or interpolate.", rich_help_panel=_TEACHER),
+    ] = "crop",
+    form: Annotated[
+        str,
+        typer.Option(help="normalised (default) or raw feature storage.", rich_help_panel=_TEACHER),
+    ] = "normalised",
+    codec: Annotated[
+        str,
+        typer.Option(
+            help="zstd (lossless fp16), bitround-K, intB-token, intB-channel (lossy).",
+            rich_help_panel=_TEACHER,
+        ),
+    ] = "zstd",
+    device: Annotated[
+        str,
+        typer.Option(help="auto (each worker's GPU, else CPU), cuda, cpu.", rich_help_panel=_RUN),
+    ] = "auto",
+    batch_size: Annotated[int, typer.Option(rich_help_panel=_RUN)] = 256,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on GPU), bf16, fp16, fp32.", rich_help_panel=_RUN)
+    ] = "auto",
+    workers: Annotated[
+        int, typer.Option(help="Image-decoding DataLoader workers per task.", rich_help_panel=_RUN)
+    ] = 4,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Address of a running dask scheduler (tcp://…).", rich_help_panel=_RUN),
+    ] = None,
+    dask_workers: Annotated[
+        int | None,
+        typer.Option(help="Local cluster size (default: one per GPU, or 1).", rich_help_panel=_RUN),
+    ] = None,
+    verify: Annotated[
+        Path | None,
+        typer.Option(help="Only verify this store (with --shards: against shards.json)."),
+    ] = None,
+) -> None:
+    """Run the frozen CLIP teacher once over every shard and cache its stage features.
+
+    One dask task per shard; finished shards are skipped, so rerunning after a kill resumes.
+    With --verify STORE, checks completeness, counts, key alignment and NaN/Inf instead, and
+    reports bytes/sample.
+    """
+    from clipocr.pipeline.errors import InputError
+
+    if verify is not None:
+        _verify(verify, shards)
+        return
+    if shards is None or out is None:
+        raise InputError("cache-teacher: --shards and --out are required (or --verify STORE)")
+    from dataclasses import asdict
+
+    from clipocr.cache_teacher.orchestrate import CacheJob, run_cache
+    from clipocr.cache_teacher.runner import RunnerConfig
+    from clipocr.cache_teacher.teacher import TeacherConfig
+    from clipocr.pipeline.shards import load_index
+    from clipocr.pipeline.teacher_store import parse_codec
+
+    parse_codec(codec)
+    charset = load_index(shards)["charset"]
+    job = CacheJob(
+        shards=str(shards),
+        out=str(out),
+        teacher=TeacherConfig(
+            model=clip_model, pretrained=clip_pretrained, pos_embed=pos_embed, charset=charset,
+            form=form,
+        ),
+        runner=RunnerConfig(batch_size, workers, precision, codec),
+        device=device,
+    )  # fmt: skip
+    summary = run_cache(job, scheduler=scheduler, dask_workers=dask_workers)
+    if "://" not in str(out):
+        (Path(out) / "cache-config.json").write_text(json.dumps(asdict(job), indent=2) + "\n")
+    done = summary["done"]
+    n = sum(r["count"] or 0 for r in done)
+    missing = sum(len(r["missing"]) for r in done)
+    typer.echo(
+        f"cached {n} samples from {len(done)} shard(s) into {out} "
+        f"({summary['already_done']} already done, {missing} undecodable recorded as missing)"
+    )
+    if summary["failed"]:
+        for shard, err in summary["failed"].items():
+            typer.secho(f"failed: {shard}: {err}", err=True, fg="red")
+        raise typer.Exit(1)
+
+
+def _verify(store_path: Path, shards: Path | None) -> None:
+    from clipocr.pipeline.shards import load_index
+    from clipocr.pipeline.teacher_store import TeacherStore
+
+    store = TeacherStore(store_path)
+    report = store.verify(load_index(shards) if shards is not None else None)
+    bps = report["bytes_per_sample"]
+    typer.echo(
+        f"{report['root']}: {report['num_shards']} shard(s), {report['num_samples']} samples, "
+        f"{report['nbytes'] / 1e6:.1f} MB, "
+        f"{'-' if bps is None else f'{bps / 1e3:.1f} KB'}/sample, codec {report['codec']}, "
+        f"form {report['form']}"
+    )
+    for problem in report["problems"]:
+        typer.secho(f"problem: {problem}", err=True, fg="red")
+    if not report["ok"]:
+        raise typer.Exit(1)
+    typer.echo("ok")
+
+
+def teacher_pretrain(
+    data: Annotated[Path, typer.Option(help="LMDB of rendered training words.")],
+    out: Annotated[Path, typer.Option(help="Folder for the teacher config, weights, history.")],
+    val: Annotated[
+        Path | None, typer.Option(help="LMDB of held-out words for retrieval accuracy.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Step budget (reproducible).")] = None,
+    minutes: Annotated[float | None, typer.Option(help="Wall-time budget.")] = None,
+    batch_size: Annotated[int, typer.Option()] = 128,
+    lr: Annotated[float, typer.Option()] = 5e-4,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 200,
+    ctc_weight: Annotated[
+        float, typer.Option(help="Weight of the auxiliary per-character CTC loss (0 = off).")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
+    charset: Annotated[str, typer.Option()] = "36",
+) -> None:
+    """Train a small character-level CLIP on rendered words: a real teacher for offline demos.
+
+    Saves an open_clip model config + tokenizer (teacher.json) and weights
+    (teacher.safetensors) that `cache-teacher --clip-model OUT/teacher.json --clip-pretrained
+    OUT/teacher.safetensors` loads like any open_clip model, plus history and retrieval accuracy.
+    """
+    import shlex
+    import sys
+
+    from clipocr.cache_teacher.pretrain import pretrain
+
+    result = pretrain(
+        data, out, val=val, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr,
+        warmup=warmup, ctc_weight=ctc_weight, seed=seed, threads=threads, charset=charset,
+        command=" ".join(["clipocr", *map(shlex.quote, sys.argv[1:])]),
+    )  # fmt: skip
+    typer.echo(json.dumps(result, indent=2, default=str))

@@ -1,0 +1,161 @@
+"""`cache-teacher` across shards with dask.distributed: one idempotent task per shard (DESIGN §8).
+
+The driver creates the store (manifest) once, then submits one task per shard that is not yet
+complete, so a rerun after a kill resumes where it stopped. A task loads the teacher once per
+worker process (cached), picks that worker's GPU, caches its shard and commits the group; dask
+retries a failed task, and shards that still fail are reported, never silently dropped.
+
+By default a `LocalCluster` with one worker per visible GPU (or one CPU worker); `--scheduler
+tcp://…` spreads the shards over every worker of a running cluster, on as many GPU nodes as it has.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import torch
+from distributed import Client, LocalCluster, as_completed, get_worker
+from tqdm import tqdm
+
+from clipocr.cache_teacher.runner import RunnerConfig, cache_shard
+from clipocr.cache_teacher.teacher import Teacher, TeacherConfig, load_teacher
+from clipocr.pipeline.charset import Charset
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.preprocess import IMG_H, IMG_W
+from clipocr.pipeline.shards import load_index, shard_paths
+from clipocr.pipeline.teacher_store import StoreSpec, TeacherStoreWriter, shard_group_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheJob:
+    """Everything a shard task needs; plain data, so dask can ship it to any worker."""
+
+    shards: str
+    out: str
+    teacher: TeacherConfig
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    device: str = "auto"  # auto = the worker's GPU if any, else CPU
+
+
+def store_spec(teacher: Teacher, codec: str) -> StoreSpec:
+    """The manifest fields that make two stores interchangeable (DESIGN §5)."""
+    fp = teacher.fingerprint()
+    return StoreSpec(
+        teacher={
+            "model": fp["model"],
+            "pretrained": fp["pretrained"],
+            "checksum": fp["weights_sha256"],
+            "fingerprint": fp,
+        },
+        preprocessing={
+            "image_size": [IMG_H, IMG_W],
+            "resize": "bicubic, aspect not kept",
+            "mean": fp["mean"],
+            "std": fp["std"],
+            "pos_embed": fp["pos_embed"],
+            "context_length": fp["context_length"],
+        },
+        dims=teacher.dims,
+        form=teacher.cfg.form,
+        codec=codec,
+        charset=teacher.cfg.charset,
+    )
+
+
+def _worker_device(requested: str) -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:
+        slot = int(get_worker().name)
+    except (ValueError, TypeError):
+        slot = 0
+    return torch.device(f"cuda:{slot % torch.cuda.device_count()}")
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_teacher(cfg: TeacherConfig, device: str) -> Teacher:
+    return load_teacher(cfg, device)
+
+
+def run_shard(job: CacheJob, shard: str) -> dict:
+    """One dask task: cache `shard` (a path) into the store unless it is already complete."""
+    device = _worker_device(job.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    teacher = _cached_teacher(job.teacher, str(device))
+    writer = TeacherStoreWriter(job.out, store_spec(teacher, job.runner.codec))
+    name = shard_group_name(shard)
+    if writer.is_complete(name):
+        return {"shard": Path(shard).name, "count": None, "missing": [], "skipped": True}
+    with writer.open_shard(name) as group:
+        return cache_shard(teacher, group, Path(shard), job.runner)
+
+
+def _client(scheduler: str | None, workers: int | None, processes: bool) -> Client:
+    if scheduler:
+        return Client(scheduler)
+    n = workers or max(torch.cuda.device_count(), 1)
+    # Worker processes must be allowed children: each task decodes in DataLoader workers.
+    dask.config.set({"distributed.worker.daemon": False})
+    cluster = LocalCluster(
+        n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None
+    )
+    return Client(cluster)
+
+
+def run_cache(
+    job: CacheJob,
+    scheduler: str | None = None,
+    dask_workers: int | None = None,
+    processes: bool = True,
+    retries: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Cache every shard of `job.shards` not yet in the store; returns a summary."""
+    index = load_index(job.shards)
+    paths = shard_paths(job.shards)
+    if index["charset"] != job.teacher.charset:
+        raise InputError(
+            f"{job.shards}: shards use charset {index['charset']}, teacher asked for "
+            f"{job.teacher.charset}"
+        )
+    Charset.from_name(job.teacher.charset)
+    # The driver creates (or checks) the manifest before any worker starts.
+    driver_teacher = load_teacher(job.teacher, "cpu")
+    writer = TeacherStoreWriter(job.out, store_spec(driver_teacher, job.runner.codec))
+    del driver_teacher
+    counts = {shard_group_name(s["name"]): int(s["count"]) for s in index["shards"]}
+    pending = [str(p) for p in paths if not writer.is_complete(shard_group_name(p))]
+    summary = {"shards": len(paths), "already_done": len(paths) - len(pending), "done": [],
+               "failed": {}}  # fmt: skip
+    if not pending:
+        return summary
+    bar = tqdm(
+        total=sum(counts[shard_group_name(p)] for p in pending),
+        desc="cache-teacher",
+        unit="img",
+        disable=not progress,
+    )
+    with _client(scheduler, dask_workers, processes) as client:
+        futures = client.map(run_shard, [job] * len(pending), pending, retries=retries, pure=False)
+        shard_of = {f.key: p for f, p in zip(futures, pending)}
+        for future in as_completed(futures):
+            shard = shard_of[future.key]
+            if future.status == "error":
+                err = future.exception()
+                summary["failed"][Path(shard).name] = f"{type(err).__name__}: {err}"
+                log.error("%s: failed after %d retries: %s", shard, retries, err)
+            else:
+                result = future.result()
+                summary["done"].append(result)
+            bar.update(counts[shard_group_name(shard)])
+    bar.close()
+    return summary
