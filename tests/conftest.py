@@ -34,3 +34,56 @@ def write_lmdb(path: Path, samples: list[tuple[bytes, str]]) -> Path:
 def small_lmdb(tmp_path: Path) -> Path:
     words = ["hello", "World", "42", "don't", "abc", "test", "x1y2", "zebra"]
     return write_lmdb(tmp_path / "small_lmdb", [(text_image(w), w) for w in words])
+
+
+WORDS = ["hello", "world", "42", "abc", "test", "x1y2", "zebra", "ocr", "clip", "train",
+         "stage", "token", "view", "shard", "batch", "model"]  # fmt: skip
+
+
+def make_shards(root: Path, words: list[str], shard_size: int = 8) -> Path:
+    """Words drawn plainly into an LMDB, prepared into tar shards under `root/shards`."""
+    from clipocr.pipeline.charset import Charset
+    from clipocr.pipeline.shards import prepare_shards
+
+    db = write_lmdb(root / "words_lmdb", [(text_image(w), w) for w in words])
+    prepare_shards([db], root / "shards", Charset.from_name("36"), shard_size, progress=False)
+    return root / "shards"
+
+
+TINY_DIMS = {"image_tokens": 17, "image": 24, "text": 16, "emb": 12}
+
+
+def fake_store(shard_dir: Path, out: Path, dims: dict = TINY_DIMS, seed: int = 0) -> Path:
+    """A teacher store with random (but per-key deterministic) targets of the right shapes.
+
+    Trainer tests need the store contract, not a real teacher; the caching job's own tests
+    build stores from a real (tiny) open_clip model.
+    """
+    import numpy as np
+
+    from clipocr.pipeline.shards import iter_shard_raw, shard_paths
+    from clipocr.pipeline.teacher_store import StoreSpec, TeacherStoreWriter
+
+    spec = StoreSpec(
+        teacher={"model": "fake", "pretrained": None, "checksum": None},
+        preprocessing={"image_size": [32, 128]},
+        dims=dims,
+    )
+    writer = TeacherStoreWriter(out, spec)
+    rng = np.random.default_rng(seed)
+    for path in shard_paths(shard_dir):
+        samples = list(iter_shard_raw(path))
+        b = len(samples)
+        lmax = max(len(lab) for _, _, lab in samples) + 1
+        feats = {
+            f"image_s{i}": rng.standard_normal((b, dims["image_tokens"], dims["image"]))
+            for i in (1, 2, 3)
+        }
+        for i in (1, 2, 3):
+            feats[f"text_s{i}"] = rng.standard_normal((b, lmax, dims["text"]))
+        feats["text_emb"] = rng.standard_normal((b, dims["emb"]))
+        feats["text_lengths"] = np.array([len(lab) + 1 for _, _, lab in samples])
+        with writer.open_shard(path.stem) as group:
+            group.append([k for k, _, _ in samples], feats)
+            group.commit()
+    return out

@@ -302,7 +302,11 @@ def shard_paths(shard_dir: str | Path) -> list[Path]:
 
 def iter_shard_raw(path: str | Path) -> Iterator[tuple[str, bytes, str]]:
     """Yield ``(key, image_bytes, label)`` of one shard, in its stored order."""
-    dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
+    # Splitting across nodes/workers is the caller's business (it hands each worker whole
+    # shards), so webdataset's own splitters are off: a shard is always read in full.
+    dataset = wds.WebDataset(
+        str(path), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
+    )
     for sample in dataset:
         data = sample.get("jpg") or sample.get("png")
         label = sample["txt"].decode("utf-8")

@@ -1,0 +1,147 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import WORDS, fake_store, make_shards, text_image, write_lmdb
+from safetensors.torch import load_file
+
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.preprocess import normalize
+from clipocr.pipeline.shards import ShardReader
+from clipocr.train_student.checkpoint import load_student
+from clipocr.train_student.config import TrainConfig
+from clipocr.train_student.trainer import Trainer, checkpoint_dirs
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("train")
+    shards = make_shards(root, WORDS, shard_size=16)
+    return shards, fake_store(shards, root / "store")
+
+
+def _cfg(data, out: Path, **kw) -> TrainConfig:
+    shards, store = data
+    base = dict(
+        shards=str(shards), teacher_store=str(store), out=str(out), preset="test",
+        batch_size=8, workers=0, progress=False, ckpt_every=1000, log_every=1,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def test_overfits_sixteen_words(data, tmp_path: Path) -> None:
+    """The model, the loss terms and the optimiser together can learn: 16 words to 100 %."""
+    cfg = _cfg(data, tmp_path / "run", batch_size=16, lr=0.1, max_steps=150, augment=False,
+               shuffle_buffer=1, warmup_pct=0.1, log_every=10)  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.run()
+    items = list(ShardReader(data[0]))
+    trainer.student.eval()
+    preds = [t for t, _ in trainer.student.read(normalize(torch.stack([i for _, i, _ in items])))]
+    assert preds == [label for _, _, label in items]
+    history = _history(tmp_path / "run")
+    assert {"ce", "aam_img1", "aam_txt3", "gam", "loss"} <= history[0].keys()
+    assert history[-1]["ce"] < 0.2 * history[0]["ce"]
+
+
+def test_resume_continues_exactly(data, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    Trainer(_cfg(data, full, max_steps=6, ckpt_every=3)).run()
+    # An interrupted twin: same run, but its step-6 checkpoint never happened.
+    cut = tmp_path / "cut"
+    Trainer(_cfg(data, cut, max_steps=6, ckpt_every=3)).run()
+    import shutil
+
+    shutil.rmtree(checkpoint_dirs(cut)[-1])
+    (cut / "student.safetensors").unlink()
+    lines = (cut / "history.jsonl").read_text().splitlines()[:3]
+    (cut / "history.jsonl").write_text("\n".join(lines) + "\n")
+
+    resumed = Trainer(_cfg(data, cut, max_steps=6, ckpt_every=3), resume=True)
+    assert resumed.pos.step == 3
+    resumed.run()
+    a, b = _history(full), _history(cut)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6)
+    wa, wb = load_file(full / "student.safetensors"), load_file(cut / "student.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_run_dir_guards(data, tmp_path: Path) -> None:
+    Trainer(_cfg(data, tmp_path / "r", max_steps=1)).run()
+    with pytest.raises(InputError, match="already holds a run"):
+        Trainer(_cfg(data, tmp_path / "r", max_steps=1))
+    with pytest.raises(InputError, match="different settings: lr"):
+        Trainer(_cfg(data, tmp_path / "r", max_steps=2, lr=1.0), resume=True)
+    with pytest.raises(InputError, match="nothing to resume"):
+        Trainer(_cfg(data, tmp_path / "fresh", max_steps=1), resume=True)
+
+
+def test_store_manifest_mismatch_is_refused(data, tmp_path: Path) -> None:
+    shards, store = data
+    manifest = json.loads((store / "manifest.json").read_text())
+    other = tmp_path / "store"
+    import shutil
+
+    shutil.copytree(store, other)
+    manifest["charset"] = "94"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="charset"):
+        Trainer(_cfg(data, tmp_path / "r", teacher_store=str(other), max_steps=1))
+
+
+def test_distill_needs_a_store() -> None:
+    with pytest.raises(InputError, match="--teacher-store is required"):
+        TrainConfig(shards="x", teacher_store=None)
+
+
+def test_cli_trains_without_open_clip(data, tmp_path: Path) -> None:
+    """A distilled training run through the real CLI, with open_clip made unimportable."""
+    shards, store = data
+    val = write_lmdb(tmp_path / "val", [(text_image(w), w) for w in WORDS[:4]])
+    run = tmp_path / "run"
+    code = (
+        "import sys; sys.modules['open_clip'] = None\n"
+        "from clipocr.cli import main\n"
+        "main()\n"
+        "assert 'open_clip' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    args = [
+        "train", "--shards", str(shards), "--teacher-store", str(store), "--out", str(run),
+        "--preset", "test", "--batch-size", "8", "--max-steps", "4", "--workers", "1",
+        "--val", str(val), "--val-every", "2", "--ckpt-every", "2",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "student exported" in proc.stdout
+    config = json.loads((run / "config.json").read_text())
+    assert config["max_steps"] == 4 and config["teacher_store"] == str(store)
+    vals = [r for r in _history(run) if any(k.startswith("val_acc/") for k in r)]
+    assert [r["step"] for r in vals] == [2, 4]
+    assert (run / "curves.png").stat().st_size > 1000
+    assert len(checkpoint_dirs(run)) == 2
+    student = load_student(run / "student.safetensors")
+    assert student.cfg.enc_dim == 32
+    assert not any("heads" in k for k in load_file(run / "student.safetensors"))
+
+
+def test_no_distill_baseline_needs_no_store(data, tmp_path: Path) -> None:
+    shards, _ = data
+    cfg = TrainConfig(
+        shards=str(shards), distill=False, out=str(tmp_path / "b"), preset="test",
+        batch_size=8, workers=0, max_steps=2, progress=False, log_every=1,
+    )  # fmt: skip
+    Trainer(cfg).run()
+    assert set(_history(tmp_path / "b")[0]) == {"step", "ce", "loss", "grad_norm", "lr",
+                                                "samples_per_s"}  # fmt: skip
