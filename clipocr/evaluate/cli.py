@@ -1,0 +1,145 @@
+"""`clipocr-eval CHECKPOINT --data ROOT` (also `clipocr eval`): benchmark a student (DESIGN §7).
+
+Only typer is imported at module level so `clipocr --help` stays fast; torch and the model are
+imported when the command runs. Bad input raises `InputError`, which `main` (and `clipocr.cli`)
+print as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipocr.pipeline.errors import InputError
+
+TEST_CHARSETS = ("36", "62", "94")
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: use cpu or cuda (cuda:N)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    return name
+
+
+def evaluate_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Student checkpoint written by training.")],
+    data: Annotated[
+        Path, typer.Option(help="Folder searched recursively for LMDBs (folders with data.mdb).")
+    ],
+    datasets: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these datasets, e.g. IIIT5k (repeatable or comma-separated)."),
+    ] = None,
+    charset: Annotated[
+        str,
+        typer.Option(
+            help="Also score under this charset: 94 (or 62) adds case/punctuation-sensitive "
+            "accuracy beside the papers' 36-symbol protocol."
+        ),
+    ] = "36",
+    average: Annotated[
+        str,
+        typer.Option(
+            help="Headline average: 'sub' = IC13_857/IC15_1811 (7,248 samples, as the papers), "
+            "'full' = IC13_1015/IC15_2077 (7,672)."
+        ),
+    ] = "sub",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 256,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda[:N]; default cuda when available.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures and model config as JSON.")
+    ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(help="Write key, label, prediction, confidence, correct per sample (TSV)."),
+    ] = None,
+    grid: Annotated[
+        Path | None, typer.Option(help="Write a PNG grid of images with prediction and label.")
+    ] = None,
+    grid_samples: Annotated[int, typer.Option(min=1, help="Images in the grid.")] = 24,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Read at most this many samples per LMDB.")
+    ] = None,
+    speed: Annotated[
+        bool, typer.Option(help="Time ms/image at batch 1 and images/s at --batch-size.")
+    ] = True,
+) -> None:
+    """Evaluate a student on every LMDB under --data with PARSeq's test protocol."""
+    if charset not in TEST_CHARSETS:
+        raise InputError(f"--charset {charset}: choose one of {', '.join(TEST_CHARSETS)}")
+    if average not in ("sub", "full"):
+        raise InputError(f"--average {average}: choose 'sub' or 'full'")
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: no such checkpoint file")
+    names = [n for item in datasets or [] for n in item.split(",") if n]
+    dev = _device(device)
+
+    import torch
+
+    from clipocr.evaluate import report as rep
+    from clipocr.evaluate.benchmark import (
+        PROTOCOL_CHARSET,
+        discover_lmdbs,
+        evaluate,
+        first_images,
+        measure_speed,
+    )
+    from clipocr.train_student.checkpoint import load_student
+
+    found = discover_lmdbs(data, names)
+    model = load_student(checkpoint, map_location="cpu").to(dev)
+    charsets = tuple(dict.fromkeys((PROTOCOL_CHARSET, charset)))
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    typer.echo(
+        f"{checkpoint}: student charset {model.charset.name}, {params:.1f} M params; "
+        f"{len(found)} LMDB(s) under {data}; device {dev}, batch {batch_size}"
+    )
+    report = evaluate(
+        model,
+        found,
+        batch_size=batch_size,
+        charsets=charsets,
+        limit=limit,
+        progress=sys.stderr.isatty(),
+    )
+    for cs in charsets:
+        typer.echo(rep.table_text(report, cs, average))
+    for note in rep.notes_text(report):
+        typer.echo(f"note: {note}")
+    timing = None
+    if speed:
+        torch.manual_seed(0)
+        timing = measure_speed(model, first_images(found, batch_size).to(dev), batch_size)
+        typer.echo(rep.speed_text(timing))
+    if json_out is not None:
+        config = model.cfg.to_dict()
+        rep.write_json(rep.to_json(report, average, config, str(checkpoint), timing), json_out)
+        typer.echo(f"wrote {json_out}")
+    if predictions is not None:
+        count = rep.write_predictions(report, predictions)
+        typer.echo(f"wrote {count} predictions to {predictions}")
+    if grid is not None:
+        count = rep.write_grid(report, grid, grid_samples)
+        typer.echo(f"wrote a grid of {count} images to {grid}")
+
+
+def main() -> None:
+    """Console script `clipocr-eval`: the command alone, bad input as one line and exit 2."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(evaluate_command)
+    try:
+        app(prog_name="clipocr-eval")
+    except InputError as err:
+        typer.secho(f"error: {err}", err=True, fg="red")
+        sys.exit(2)
