@@ -69,6 +69,14 @@ def cache_teacher(
         int | None,
         typer.Option(help="Local cluster size (default: one per GPU, or 1).", rich_help_panel=_RUN),
     ] = None,
+    dask_processes: Annotated[
+        bool,
+        typer.Option(
+            "--dask-processes/--dask-threads",
+            help="Local cluster workers as processes (default) or threads of this process.",
+            rich_help_panel=_RUN,
+        ),
+    ] = True,
     verify: Annotated[
         Path | None,
         typer.Option(help="Only verify this store (with --shards: against shards.json)."),
@@ -107,7 +115,9 @@ def cache_teacher(
         runner=RunnerConfig(batch_size, workers, precision, codec),
         device=device,
     )  # fmt: skip
-    summary = run_cache(job, scheduler=scheduler, dask_workers=dask_workers)
+    summary = run_cache(
+        job, scheduler=scheduler, dask_workers=dask_workers, processes=dask_processes
+    )
     if "://" not in str(out):
         (Path(out) / "cache-config.json").write_text(json.dumps(asdict(job), indent=2) + "\n")
     done = summary["done"]
@@ -125,22 +135,12 @@ def cache_teacher(
 
 def _verify(store_path: Path, shards: Path | None) -> None:
     from clipocr.pipeline.shards import load_index
-    from clipocr.pipeline.teacher_store import TeacherStore
+    from clipocr.pipeline.teacher_store import TeacherStore, format_verify_report
 
-    store = TeacherStore(store_path)
-    report = store.verify(load_index(shards) if shards is not None else None)
-    bps = report["bytes_per_sample"]
-    typer.echo(
-        f"{report['root']}: {report['num_shards']} shard(s), {report['num_samples']} samples, "
-        f"{report['nbytes'] / 1e6:.1f} MB, "
-        f"{'-' if bps is None else f'{bps / 1e3:.1f} KB'}/sample, codec {report['codec']}, "
-        f"form {report['form']}"
-    )
-    for problem in report["problems"]:
-        typer.secho(f"problem: {problem}", err=True, fg="red")
+    report = TeacherStore(store_path).verify(load_index(shards) if shards is not None else None)
+    typer.echo(format_verify_report(report))
     if not report["ok"]:
         raise typer.Exit(1)
-    typer.echo("ok")
 
 
 def teacher_pretrain(

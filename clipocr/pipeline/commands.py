@@ -59,7 +59,9 @@ def prepare(
     from clipocr.pipeline.charset import Charset
     from clipocr.pipeline.shards import prepare_shards
 
-    index = prepare_shards([*(lmdb or []), *(folder or [])], out, Charset.from_name(charset), shard_size)
+    index = prepare_shards(
+        [*(lmdb or []), *(folder or [])], out, Charset.from_name(charset), shard_size
+    )
     typer.echo(
         f"prepared {index['num_samples']} samples into {len(index['shards'])} shards at {out}; "
         f"skipped: {index['skipped'] or 'none'}"

@@ -1,0 +1,179 @@
+"""The caching job end to end on a tiny random open_clip teacher (CPU, nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from conftest import WORDS, make_shards
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from clipocr.cache_teacher import runner as runner_mod
+from clipocr.cache_teacher.orchestrate import CacheJob, run_cache
+from clipocr.cache_teacher.runner import RunnerConfig
+from clipocr.cache_teacher.teacher import TeacherConfig, load_teacher
+from clipocr.cli import app
+from clipocr.pipeline.charset import Charset
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.lmdb_io import LmdbWriter
+from clipocr.pipeline.shards import prepare_shards
+from clipocr.pipeline.teacher_store import TeacherStore
+
+TINY = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 32, "layers": 4, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> TeacherConfig:
+    root = tmp_path_factory.mktemp("teacher")
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "w.safetensors")
+    )
+    return TeacherConfig(model=str(root / "tiny.json"), pretrained=str(root / "w.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return make_shards(tmp_path_factory.mktemp("data"), WORDS, shard_size=6)  # 6, 6, 4
+
+
+def _job(shards: Path, out: Path, teacher: TeacherConfig, **runner) -> CacheJob:
+    return CacheJob(str(shards), str(out), teacher, RunnerConfig(batch_size=4, workers=0, **runner))
+
+
+def _arrays(store: Path) -> dict:
+    s = TeacherStore(store)
+    return {k: f for name in sorted(s.shards()) for k, f in s.iter_shard(name)}
+
+
+def test_store_holds_the_teachers_features(shards, tiny_teacher, tmp_path) -> None:
+    out = tmp_path / "store"
+    summary = run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False,
+                        progress=False)  # fmt: skip
+    assert len(summary["done"]) == 3 and not summary["failed"]
+    store = TeacherStore(out)
+    assert store.shards() == {"shard-000000": 6, "shard-000001": 6, "shard-000002": 4}
+    assert store.verify()["ok"]
+    # Features equal a direct teacher call on the same images (float16 storage).
+    from clipocr.pipeline.shards import ShardReader
+
+    teacher = load_teacher(tiny_teacher)
+    items = list(ShardReader(shards))[:4]
+    direct = teacher.features(torch.stack([i for _, i, _ in items]), [lab for _, _, lab in items])
+    stored = _arrays(out)
+    for row, (key, _, label) in enumerate(items):
+        np.testing.assert_allclose(
+            stored[key]["image_s2"], direct["image_s2"][row].numpy(), atol=2e-3, rtol=2e-3
+        )
+        n = len(label) + 1
+        np.testing.assert_allclose(
+            stored[key]["text_s3"], direct["text_s3"][row, :n].numpy(), atol=2e-3, rtol=2e-3
+        )
+    assert store.manifest["teacher"]["checksum"] == teacher.fingerprint()["weights_sha256"]
+    assert store.spec.dims == {"image_tokens": 17, "image": 32, "text": 32, "emb": 24}
+
+
+def test_two_dask_workers_make_the_same_store(shards, tiny_teacher, tmp_path) -> None:
+    run_cache(_job(shards, tmp_path / "one", tiny_teacher), dask_workers=1, processes=False,
+              progress=False)  # fmt: skip
+    run_cache(_job(shards, tmp_path / "two", tiny_teacher), dask_workers=2, processes=False,
+              progress=False)  # fmt: skip
+    one, two = _arrays(tmp_path / "one"), _arrays(tmp_path / "two")
+    assert list(one) == list(two)
+    for key in one:
+        for tap in one[key]:
+            np.testing.assert_array_equal(one[key][tap], two[key][tap])
+
+
+def test_interrupted_shard_stays_invisible_and_rerun_completes(
+    shards, tiny_teacher, tmp_path, monkeypatch
+) -> None:
+    out = tmp_path / "store"
+    real = runner_mod.cache_shard
+
+    def dies_in_second_shard(teacher, group, shard_path, cfg, on_batch=None):
+        if shard_path.name == "shard-000001.tar":
+            raise KeyboardInterrupt("killed")  # not retried by dask: a kill, not an error
+        return real(teacher, group, shard_path, cfg, on_batch)
+
+    monkeypatch.setattr("clipocr.cache_teacher.orchestrate.cache_shard", dies_in_second_shard)
+    summary = run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False,
+                        progress=False, retries=0)  # fmt: skip
+    assert list(summary["failed"]) == ["shard-000001.tar"]
+    assert set(TeacherStore(out).shards()) == {"shard-000000", "shard-000002"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+    monkeypatch.setattr("clipocr.cache_teacher.orchestrate.cache_shard", real)
+    summary = run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False,
+                        progress=False)  # fmt: skip
+    assert summary["already_done"] == 2 and len(summary["done"]) == 1
+    assert TeacherStore(out).verify()["ok"]
+
+
+def test_corrupt_image_is_recorded_as_missing(tiny_teacher, tmp_path) -> None:
+    from conftest import text_image
+
+    db = tmp_path / "db"
+    with LmdbWriter(db) as w:
+        w.add(text_image("good"), "good")
+        w.add(b"\x89PNG\r\n\x1a\n" + b"broken", "broken")  # PNG magic, undecodable body
+        w.add(text_image("fine"), "fine")
+    prepare_shards([db], tmp_path / "shards", Charset.from_name("36"), progress=False)
+    out = tmp_path / "store"
+    summary = run_cache(_job(tmp_path / "shards", out, tiny_teacher), dask_workers=1,
+                        processes=False, progress=False)  # fmt: skip
+    assert summary["done"][0]["missing"] == ["shard-000000/000001"]
+    store = TeacherStore(out)
+    assert store.missing("shard-000000") == ["shard-000000/000001"]
+    assert [k for k, _ in store.iter_shard("shard-000000")] == [
+        "shard-000000/000000", "shard-000000/000002",
+    ]  # fmt: skip
+    assert store.verify({"shards": [{"name": "shard-000000.tar", "count": 3}]})["ok"]
+
+
+def test_other_teacher_into_same_store_is_refused(shards, tiny_teacher, tmp_path) -> None:
+    out = tmp_path / "store"
+    run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False, progress=False)
+    crop = TeacherConfig(tiny_teacher.model, tiny_teacher.pretrained, pos_embed="interpolate")
+    with pytest.raises(InputError, match="another teacher setup"):
+        run_cache(_job(shards, out, crop), dask_workers=1, processes=False, progress=False)
+
+
+def test_cli_cache_and_verify(shards, tiny_teacher, tmp_path) -> None:
+    out = tmp_path / "store"
+    cli = CliRunner()
+    result = cli.invoke(app, [
+        "cache-teacher", "--shards", str(shards), "--out", str(out),
+        "--clip-model", tiny_teacher.model, "--clip-pretrained", tiny_teacher.pretrained,
+        "--device", "cpu", "--batch-size", "4", "--workers", "0", "--dask-threads",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "cached 16 samples from 3 shard(s)" in result.output
+    assert json.loads((out / "cache-config.json").read_text())["runner"]["batch_size"] == 4
+    result = cli.invoke(app, ["cache-teacher", "--verify", str(out), "--shards", str(shards)])
+    assert (
+        result.exit_code == 0
+        and "16 samples" in result.output
+        and "KB/sample" in result.output
+        and "OK" in result.output
+    )
+
+
+def test_cli_bad_input(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["cache-teacher", "--shards", str(tmp_path / "nope"),
+                                      "--out", str(tmp_path / "s")])  # fmt: skip
+    assert result.exit_code != 0
+    assert isinstance(result.exception, InputError) and "no such shard folder" in str(
+        result.exception
+    )
