@@ -261,9 +261,7 @@ def prepare_shards(
         "max_len": charset.max_len,
         "shard_size": shard_size,
         "num_samples": n,
-        "shards": [
-            {"name": SHARD_PATTERN % i, "count": counts[i]} for i in sorted(counts)
-        ],
+        "shards": [{"name": SHARD_PATTERN % i, "count": counts[i]} for i in sorted(counts)],
         "sources": [s.name for s in sources],
         "skipped": dict(sorted(skipped.items())),
     }
