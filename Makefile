@@ -55,6 +55,9 @@ eval: setup
 ## peers: install the optional EasyOCR/Tesseract comparison extra
 peers: setup
 	$(BIN)/python -m pip install -q -e '.[dev,peers]'
+	@command -v tesseract >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq tesseract-ocr tesseract-ocr-eng; \
+	else echo "note: Tesseract needs: sudo apt-get install tesseract-ocr tesseract-ocr-eng (bench/peers.py skips it until then)"; fi; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -103,9 +103,11 @@ def test_interrupted_shard_stays_invisible_and_rerun_completes(
     real = runner_mod.cache_shard
 
     def dies_in_second_shard(teacher, group, shard_path, cfg, on_batch=None):
-        if shard_path.name == "shard-000001.tar":
-            raise KeyboardInterrupt("killed")  # not retried by dask: a kill, not an error
-        return real(teacher, group, shard_path, cfg, on_batch)
+        def crash_after_first_batch(n: int) -> None:
+            if shard_path.name == "shard-000001.tar":
+                raise RuntimeError("worker killed")  # after a batch reached the group
+
+        return real(teacher, group, shard_path, cfg, crash_after_first_batch)
 
     monkeypatch.setattr("clipocr.cache_teacher.orchestrate.cache_shard", dies_in_second_shard)
     summary = run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False,

@@ -106,7 +106,7 @@ def _client(scheduler: str | None, workers: int | None, processes: bool) -> Clie
     # Worker processes must be allowed children: each task decodes in DataLoader workers.
     dask.config.set({"distributed.worker.daemon": False})
     cluster = LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None
+        n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0"
     )
     return Client(cluster)
 
