@@ -65,8 +65,6 @@ _register()
 def main() -> None:
     """Console-script entry: run the app, turning bad input into one line and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # dask's scheduler/nanny chatter (INFO) would bury the progress bars.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         app(prog_name="clipocr")
     except InputError as err:

@@ -30,6 +30,8 @@ from clipocr.pipeline.shards import load_index, shard_paths
 from clipocr.pipeline.teacher_store import StoreSpec, TeacherStoreWriter, shard_group_name
 
 log = logging.getLogger(__name__)
+# dask's scheduler/worker INFO chatter would bury the progress bars.
+logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 @dataclass

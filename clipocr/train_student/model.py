@@ -106,6 +106,17 @@ PRESETS: dict[str, StudentConfig] = {
     # PARSeq-Ti sizes: decoder head dim 32 as in the small model.
     "tiny": StudentConfig(enc_dim=192, enc_heads=3, dec_heads=6),
     # The paper's student (ViT-S encoder).
+    # A CPU-sized student for the offline demo: full-height 32×4 patches (32 tokens, read left to
+    # right like CRNN columns) keep a training step affordable on two cores.
+    "mini": StudentConfig(
+        enc_dim=128,
+        enc_depth=4,
+        enc_heads=4,
+        patch_size=(32, 4),
+        mlp_ratio=2.0,
+        dec_heads=4,
+        dec_mlp_ratio=2.0,
+    ),  # fmt: skip
     "small": StudentConfig(),
     # ViT-B encoder; decoder heads of 64 dims as in ViT-B.
     "base": StudentConfig(enc_dim=768, enc_heads=12, dec_heads=12),

@@ -1,0 +1,268 @@
+"""`clipocr demo` / `make demo`: the whole pipeline end to end on rendered words, offline, on CPU.
+
+render (train/val/test LMDBs) → prepare (tar shards) → cache-teacher (the bundled char-level CLIP
+trained by `teacher-pretrain`, or any open_clip model given) → train the plain baseline and the
+distilled student with the same steps and seed → evaluate both with `clipocr-eval` → one table.
+
+Everything runs through the same library calls the CLI commands use; nothing is special-cased
+for the demo except its sizes, which scale with `--scale`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger(__name__)
+
+REAL_TRAIN_SETS = ("IIIT5k_train_2000", "IC15_train_4468")
+
+
+@dataclass
+class DemoConfig:
+    out: str = "demo_out"
+    scale: float = 1.0
+    train_words: int = 12000
+    test_words: int = 500  # per rendered test set
+    real_words: int = 500  # per real set, when --real-data is given
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 4e-3
+    preset: str = "mini"
+    seed: int = 0  # training seed (both runs); the rendered data depend on data_seed only
+    data_seed: int = 0
+    workers: int = 1
+    clip_model: str | None = None  # None = the bundled demo teacher
+    clip_pretrained: str | None = None
+    real_data: str | None = None
+
+    def scaled(self, n: int) -> int:
+        return max(8, int(round(n * self.scale)))
+
+
+def _stage(name: str) -> float:
+    typer.secho(f"\n== {name}", bold=True)
+    return time.perf_counter()
+
+
+def _real_lmdbs(real_root: Path, data: Path, count: int, seed: int) -> list[Path]:
+    """Convert a random subset of each real training split (folder + labels.tsv) to an LMDB."""
+    import random
+
+    from clipocr.pipeline.lmdb_io import LmdbWriter
+    from clipocr.pipeline.shards import ImageFolderSource
+
+    made = []
+    for name in REAL_TRAIN_SETS:
+        src = real_root / name
+        if not src.is_dir():
+            continue
+        out = data / "test" / name
+        if not out.exists():
+            source = ImageFolderSource(src)
+            entries = sorted(random.Random(seed).sample(source.entries, min(count, len(source))))
+            with LmdbWriter(out) as writer:
+                for _, rel, label in entries:
+                    writer.add((src / rel).read_bytes(), label)
+        made.append(out)
+    return made
+
+
+def _render(path: Path, num: int, seed: int, style: str) -> None:
+    from clipocr.pipeline.charset import Charset
+    from clipocr.pipeline.synth import render_lmdb
+
+    if not path.exists():
+        render_lmdb(path, num=num, seed=seed, charset=Charset.from_name("36"), style=style)
+
+
+def _train(cfg: DemoConfig, shards: Path, store: Path, val: Path, run: Path, distill: bool) -> Path:
+    from clipocr.train_student.config import TrainConfig
+    from clipocr.train_student.trainer import STUDENT_NAME, Trainer
+
+    if (run / STUDENT_NAME).exists():
+        typer.echo(f"{run}: already trained, kept")
+        return run / STUDENT_NAME
+    steps = cfg.scaled(cfg.steps)
+    train_cfg = TrainConfig(
+        shards=str(shards),
+        teacher_store=str(store) if distill else None,
+        distill=distill,
+        out=str(run),
+        preset=cfg.preset,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        max_steps=steps,
+        workers=cfg.workers,
+        seed=cfg.seed,
+        val=[str(val)],
+        val_every=max(steps // 5, 1),
+        ckpt_every=max(steps // 2, 1),
+        log_every=max(steps // 100, 1),
+    )
+    resume = (run / "config.json").exists()
+    return Trainer(train_cfg, resume=resume).run()
+
+
+def _evaluate(checkpoint: Path, test_root: Path, out_json: Path, grid: Path | None) -> dict:
+    from clipocr.evaluate.cli import evaluate_command
+
+    evaluate_command(
+        checkpoint, data=test_root, json_out=out_json, grid=grid, batch_size=64, device="cpu"
+    )
+    return json.loads(out_json.read_text())
+
+
+def comparison_table(baseline: dict, distilled: dict) -> str:
+    """Per test set: samples, baseline and distilled accuracy / 1-NED, and the gain."""
+    rows = []
+    base_sets = baseline["results"]["36"]["datasets"]
+    dist_sets = {d["name"]: d for d in distilled["results"]["36"]["datasets"]}
+    header = f"{'test set':<22}{'samples':>8}{'baseline':>11}{'distilled':>11}{'gain':>8}"
+    rows.append(header)
+    rows.append("-" * len(header))
+    total = [0, 0.0, 0.0]
+    for b in base_sets:
+        d = dist_sets[b["name"]]
+        rows.append(
+            f"{b['name']:<22}{b['samples']:>8}{b['accuracy']:>10.2f}%{d['accuracy']:>10.2f}%"
+            f"{d['accuracy'] - b['accuracy']:>+8.2f}"
+        )
+        total[0] += b["samples"]
+        total[1] += b["samples"] * b["accuracy"]
+        total[2] += b["samples"] * d["accuracy"]
+    rows.append("-" * len(header))
+    avg_b, avg_d = total[1] / total[0], total[2] / total[0]
+    rows.append(
+        f"{'weighted average':<22}{total[0]:>8}{avg_b:>10.2f}%{avg_d:>10.2f}%{avg_d - avg_b:>+8.2f}"
+    )
+    speed = [r["speed"] for r in (baseline, distilled)]
+    if all(speed):
+        rows.append(
+            f"{'ms/image (batch 1)':<22}{'':>8}{speed[0]['ms_per_image']:>11.1f}"
+            f"{speed[1]['ms_per_image']:>11.1f}"
+        )
+    return "\n".join(rows)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every stage (each skipped when its output exists, so a rerun resumes); return summary."""
+    from clipocr.cache_teacher.orchestrate import CacheJob, run_cache
+    from clipocr.cache_teacher.runner import RunnerConfig
+    from clipocr.cache_teacher.teacher import DEFAULT_DEMO_TEACHER, TeacherConfig
+    from clipocr.pipeline.charset import Charset
+    from clipocr.pipeline.shards import prepare_shards
+
+    out = Path(cfg.out)
+    data = out / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    tic = time.perf_counter()
+    if cfg.clip_model is None:
+        teacher = DEFAULT_DEMO_TEACHER
+        teacher_text = (
+            "bundled demo teacher: a small character-level CLIP trained on rendered words by "
+            f"`clipocr teacher-pretrain` ({teacher.model})"
+        )
+    else:
+        teacher = TeacherConfig(model=cfg.clip_model, pretrained=cfg.clip_pretrained)
+        teacher_text = f"open_clip {cfg.clip_model} with weights {cfg.clip_pretrained}"
+    typer.secho(f"teacher: {teacher_text}", fg="cyan")
+
+    _stage("1/6 render words (train, val, test sets)")
+    _render(data / "train", cfg.scaled(cfg.train_words), cfg.data_seed + 1, "clean")
+    _render(data / "val", cfg.scaled(cfg.test_words) // 2, cfg.data_seed + 2, "clean")
+    _render(data / "test" / "synth_clean", cfg.scaled(cfg.test_words), cfg.data_seed + 3, "clean")
+    _render(data / "test" / "synth_hard", cfg.scaled(cfg.test_words), cfg.data_seed + 4, "hard")
+    if cfg.real_data:
+        real = _real_lmdbs(Path(cfg.real_data), data, cfg.scaled(cfg.real_words), cfg.data_seed)
+        typer.echo(f"real test sets: {', '.join(p.name for p in real) or 'none found'}")
+
+    _stage("2/6 prepare tar shards")
+    shards = data / "shards"
+    if not (shards / "shards.json").exists():
+        prepare_shards([data / "train"], shards, Charset.from_name("36"), shard_size=2000)
+
+    _stage("3/6 cache the teacher's stage features (once)")
+    store = out / "teacher_store"
+    job = CacheJob(str(shards), str(store), teacher, RunnerConfig(batch_size=128, workers=1))
+    run_cache(job, dask_workers=1, processes=False)
+
+    runs = out / "runs" / f"seed{cfg.seed}"
+    _stage("4/6 train the plain baseline (--no-distill)")
+    baseline = _train(cfg, shards, store, data / "val", runs / "baseline", distill=False)
+    _stage("5/6 train the distilled student (same steps, same seed)")
+    distilled = _train(cfg, shards, store, data / "val", runs / "distilled", distill=True)
+
+    _stage("6/6 evaluate both with clipocr-eval")
+    reports = out / "eval" / f"seed{cfg.seed}"
+    reports.mkdir(parents=True, exist_ok=True)
+    base_json = _evaluate(baseline, data / "test", reports / "baseline.json", None)
+    dist_json = _evaluate(distilled, data / "test", reports / "distilled.json",
+                          reports / "distilled_grid.png")  # fmt: skip
+    table = comparison_table(base_json, dist_json)
+    minutes = (time.perf_counter() - tic) / 60
+    typer.secho("\n== distillation gain (word accuracy, 36-symbol protocol)", bold=True)
+    typer.echo(table)
+    typer.echo(f"\nteacher: {teacher_text}")
+    typer.echo(
+        f"student preset {cfg.preset}, {cfg.scaled(cfg.steps)} steps × batch {cfg.batch_size}, "
+        f"seed {cfg.seed}; {cfg.scaled(cfg.train_words)} rendered training words; "
+        f"{minutes:.1f} min"
+    )
+    artefacts = {
+        "data": str(data),
+        "shards": str(shards),
+        "teacher_store": str(store),
+        "baseline": str(baseline),
+        "distilled": str(distilled),
+        "curves": [str(runs / "baseline" / "curves.png"), str(runs / "distilled" / "curves.png")],
+        "eval": str(reports),
+        "grid": str(reports / "distilled_grid.png"),
+    }
+    typer.echo("artefacts:\n" + "\n".join(f"  {k:<14}{v}" for k, v in artefacts.items()))
+    summary = {"teacher": teacher_text, "config": asdict(cfg), "table": table,
+               "minutes": minutes, "artefacts": artefacts}  # fmt: skip
+    (out / f"summary-seed{cfg.seed}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for every artefact of the demo.")] = Path(
+        "demo_out"
+    ),
+    scale: Annotated[
+        float, typer.Option(help="Multiplies word counts and steps (DEMO_SCALE in make demo).")
+    ] = 1.0,
+    seed: Annotated[
+        int, typer.Option(help="Training seed of both runs (another seed reuses the data).")
+    ] = 0,
+    steps: Annotated[int, typer.Option(help="Training steps per run at scale 1.")] = 600,
+    preset: Annotated[str, typer.Option(help="Student size (mini fits a CPU).")] = "mini",
+    clip_model: Annotated[
+        str | None, typer.Option(help="Use this open_clip model instead of the bundled teacher.")
+    ] = None,
+    clip_pretrained: Annotated[
+        str | None, typer.Option(help="Local weights for --clip-model.")
+    ] = None,
+    real_data: Annotated[
+        Path | None,
+        typer.Option(help="Folder with real word crops (IIIT5k_train_2000/, IC15_train_4468/)."),
+    ] = None,
+) -> None:
+    """Run the whole pipeline on rendered words and print baseline vs distilled accuracy.
+
+    Offline and CPU-only by default: the teacher is the small char-level CLIP bundled with
+    clipocr. Rerunning with the same --out resumes, skipping finished stages.
+    """
+    cfg = DemoConfig(
+        out=str(out), scale=scale, seed=seed, steps=steps, preset=preset, clip_model=clip_model,
+        clip_pretrained=clip_pretrained, real_data=str(real_data) if real_data else None,
+    )  # fmt: skip
+    run_demo(cfg)
