@@ -14,6 +14,8 @@ DEVICE          ?= cuda
 PRESET          ?= small
 EVAL_DATA       ?= data/evaluation
 DEMO_SCALE      ?= 1
+# Real word crops to report beside the rendered test sets, where present (CI has them, users may not).
+REAL_DATA       ?= $(wildcard ../shared/data/real-train)
 
 .PHONY: setup test lint demo cache-teacher train eval peers clean
 
@@ -37,7 +39,8 @@ lint: setup
 
 ## demo: the whole pipeline end to end on rendered words and the bundled teacher (CPU, offline)
 demo: setup
-	$(BIN)/clipocr demo --scale $(DEMO_SCALE) $(if $(CLIP_PRETRAINED),--clip-model $(CLIP_MODEL) --clip-pretrained $(CLIP_PRETRAINED))
+	$(BIN)/clipocr demo --scale $(DEMO_SCALE) $(if $(REAL_DATA),--real-data $(REAL_DATA)) \
+		$(if $(CLIP_PRETRAINED),--clip-model $(CLIP_MODEL) --clip-pretrained $(CLIP_PRETRAINED))
 
 ## cache-teacher: run the frozen CLIP once over SHARDS and write per-stage features to STORE
 cache-teacher: setup
