@@ -144,7 +144,7 @@ def _verify(store_path: Path, shards: Path | None) -> None:
 
 
 def teacher_pretrain(
-    data: Annotated[Path, typer.Option(help="LMDB of rendered training words.")],
+    data: Annotated[list[Path], typer.Option(help="LMDB of rendered training words (repeatable).")],
     out: Annotated[Path, typer.Option(help="Folder for the teacher config, weights, history.")],
     val: Annotated[
         Path | None, typer.Option(help="LMDB of held-out words for retrieval accuracy.")
@@ -152,7 +152,7 @@ def teacher_pretrain(
     steps: Annotated[int | None, typer.Option(help="Step budget (reproducible).")] = None,
     minutes: Annotated[float | None, typer.Option(help="Wall-time budget.")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
-    lr: Annotated[float, typer.Option()] = 5e-4,
+    lr: Annotated[float, typer.Option()] = 1e-3,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 200,
     ctc_weight: Annotated[
         float, typer.Option(help="Weight of the auxiliary per-character CTC loss (0 = off).")
