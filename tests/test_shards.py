@@ -28,6 +28,9 @@ def test_lmdb_to_shards_round_trip(tmp_path: Path) -> None:
     assert [s["count"] for s in index["shards"]] == [5, 5, 2]
     assert index["skipped"] == {"corrupt_image": 1, "label_empty": 1, "label_too_long": 1}
     assert json.loads((tmp_path / "shards" / "shards.json").read_text()) == index
+    # provenance: shard 1 holds LMDB records 6..10, the last shard 11 and the JPEG at 14
+    assert index["shards"][1]["sources"] == {str(db): [6, 10]}
+    assert index["shards"][2]["sources"] == {str(db): [11, 14]}
 
     reader = ShardReader(tmp_path / "shards")
     got = list(reader)

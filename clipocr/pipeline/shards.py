@@ -1,8 +1,9 @@
 """WebDataset tar shards: `clipocr prepare` writes them, every job reads them.
 
 Each sample holds the original image bytes (JPEG/PNG kept as they are, anything else re-encoded
-to PNG), the prepared label and its provenance. Its key ``<shard-stem>/<index>`` is stable: it is
-what joins an image to its cached teacher targets (DESIGN §3, §5).
+to PNG) and the prepared label; ``shards.json`` records which source records each shard holds.
+Its key ``<shard-stem>/<index>`` is stable: it is what joins an image to its cached teacher
+targets (DESIGN §3, §5).
 
 Shards are written by `webdataset.ShardWriter` under hidden temporary names and renamed by its
 ``post`` hook once closed, so a visible shard is always complete. The sequence of accepted samples
@@ -197,7 +198,9 @@ def prepare_shards(
     if done:
         log.warning("%s: resuming after %d finished shard(s)", out, done)
 
-    counts: dict[int, int] = {i: shard_size for i in range(done)}
+    counts: dict[int, int] = {}
+    # Provenance per shard: source → [first, last] record index, so any key can be traced back.
+    origins: dict[int, dict[str, list[int]]] = {}
 
     def finished(tmp_name: str) -> None:
         tmp = Path(tmp_name)
@@ -214,32 +217,31 @@ def prepare_shards(
         start_shard=done,
         post=finished,
         verbose=0,
+        # A fixed integer mtime keeps tar headers plain (no per-member pax header to parse on
+        # every read) and makes shards byte-reproducible.
+        mtime=0,
     )
     n = 0
     try:
         for raw, label in _accepted(sources, charset, skipped):
             bar.update(1)
-            if n < to_skip:
-                n += 1
-                continue
-            shard_no = n // shard_size
+            # Checked before the resume skip, so the sequence of kept samples is the same
+            # whether or not earlier shards are being skipped.
             try:
                 ext, data = _as_jpeg_or_png(raw.image)
             except Exception as err:
                 skipped[SKIP_CORRUPT_IMAGE] += 1
                 log.warning("%s: sample %d skipped (corrupt image: %s)", raw.source, raw.index, err)
                 continue
-            stem = Path(SHARD_PATTERN % shard_no).stem
-            writer.write(
-                {
-                    "__key__": f"{stem}/{n % shard_size:06d}",
-                    ext: data,
-                    "txt": label,
-                    "json": {"source": raw.source, "index": raw.index, "label": raw.label},
-                }
-            )
+            shard_no = n // shard_size
             counts[shard_no] = counts.get(shard_no, 0) + 1
+            span = origins.setdefault(shard_no, {}).setdefault(raw.source, [raw.index, raw.index])
+            span[1] = raw.index
             n += 1
+            if n <= to_skip:
+                continue
+            stem = Path(SHARD_PATTERN % shard_no).stem
+            writer.write({"__key__": f"{stem}/{(n - 1) % shard_size:06d}", ext: data, "txt": label})
         writer.close()
     except BaseException:
         # Leave finished shards for the resume; close the half-written one without its `post`
@@ -261,7 +263,10 @@ def prepare_shards(
         "max_len": charset.max_len,
         "shard_size": shard_size,
         "num_samples": n,
-        "shards": [{"name": SHARD_PATTERN % i, "count": counts[i]} for i in sorted(counts)],
+        "shards": [
+            {"name": SHARD_PATTERN % i, "count": counts[i], "sources": origins[i]}
+            for i in sorted(counts)
+        ],
         "sources": [s.name for s in sources],
         "skipped": dict(sorted(skipped.items())),
     }
