@@ -28,35 +28,19 @@ app = typer.Typer(
 
 
 def _register() -> None:
+    from clipocr import demo
+    from clipocr.cache_teacher import commands as teacher_commands
+    from clipocr.evaluate import cli as eval_cli
     from clipocr.pipeline import commands as pipeline_commands
+    from clipocr.train_student import commands as train_commands
 
     app.command("synth")(pipeline_commands.synth)
     app.command("prepare")(pipeline_commands.prepare)
-    try:
-        from clipocr.cache_teacher import commands as teacher_commands
-    except ImportError:  # package not built yet
-        teacher_commands = None
-    if teacher_commands is not None:
-        app.command("cache-teacher")(teacher_commands.cache_teacher)
-        app.command("teacher-pretrain")(teacher_commands.teacher_pretrain)
-    try:
-        from clipocr.train_student import commands as train_commands
-    except ImportError:
-        train_commands = None
-    if train_commands is not None:
-        app.command("train")(train_commands.train)
-    try:
-        from clipocr.evaluate import cli as eval_cli
-    except ImportError:
-        eval_cli = None
-    if eval_cli is not None:
-        app.command("eval")(eval_cli.evaluate_command)
-    try:
-        from clipocr import demo
-    except ImportError:
-        demo = None
-    if demo is not None:
-        app.command("demo")(demo.demo_command)
+    app.command("cache-teacher")(teacher_commands.cache_teacher)
+    app.command("teacher-pretrain")(teacher_commands.teacher_pretrain)
+    app.command("train")(train_commands.train)
+    app.command("eval")(eval_cli.evaluate_command)
+    app.command("demo")(demo.demo_command)
 
 
 _register()

@@ -15,7 +15,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clipocr.cache_teacher.teacher import Teacher
+from clipocr.pipeline.precision import autocast
 from clipocr.pipeline.preprocess import load_uint8
 from clipocr.pipeline.shards import iter_shard_raw
 from clipocr.pipeline.teacher_store import ShardGroupWriter, parse_codec
@@ -36,15 +36,6 @@ class RunnerConfig:
     workers: int = 4
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU; or bf16 | fp16 | fp32
     codec: str = "zstd"
-
-    def autocast(self, device: torch.device):
-        precision = self.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
-        if precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device.type, dtype=dtype)
 
 
 class _ShardImages(Dataset):
@@ -150,7 +141,7 @@ def cache_shard(
             missing += batch["missing"]
             if batch["images"] is not None:
                 images = batch["images"].to(device, non_blocking=True)
-                with cfg.autocast(device):
+                with autocast(cfg.precision, device):
                     feats = teacher.features(images, batch["labels"])
                 writer.put(batch["keys"], feats)
             if on_batch is not None:

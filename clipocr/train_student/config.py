@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.precision import PRECISIONS
 
 
 @dataclass
@@ -56,7 +57,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.distill and not self.teacher_store:
             raise InputError("train: --teacher-store is required unless --no-distill is given")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+        if self.precision not in PRECISIONS:
             raise InputError(f"train: unknown --precision {self.precision!r}")
         if self.loss_type not in ("lcl", "l1"):
             raise InputError(f"train: unknown --loss-type {self.loss_type!r}")

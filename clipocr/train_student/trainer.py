@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.precision import autocast
 from clipocr.pipeline.preprocess import IMG_H, IMG_W, normalize
 from clipocr.pipeline.teacher_store import TeacherStore
 from clipocr.train_student.checkpoint import save_student
@@ -58,16 +58,6 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
-
-
-def _autocast(cfg: TrainConfig, device: torch.device):
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def open_store(cfg: TrainConfig, charset: Charset) -> TeacherStore:
@@ -219,7 +209,7 @@ class Trainer:
 
     def train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
-        with _autocast(self.cfg, self.device):
+        with autocast(self.cfg.precision, self.device):
             terms = self.model(self._to_device(batch))
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
