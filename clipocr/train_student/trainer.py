@@ -57,6 +57,8 @@ def _dist_env() -> tuple[int, int, int]:
 def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda":  # one process per GPU under torchrun
+        return torch.device(f"cuda:{local_rank}")
     return torch.device(cfg.device)
 
 
@@ -207,7 +209,9 @@ class Trainer:
         moved["images"] = normalize(moved["images"])
         return moved
 
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns detached loss terms (read them only when logging: each
+        read of a CUDA tensor waits for the device)."""
         self.model.train()
         with autocast(self.cfg.precision, self.device):
             terms = self.model(self._to_device(batch))
@@ -216,9 +220,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.system.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        out = {k: float(v.detach()) for k, v in terms.items()}
-        out["grad_norm"] = float(grad_norm)
-        out["lr"] = self.scheduler.get_last_lr()[0]
+        out = {k: v.detach() for k, v in terms.items()}
+        out["grad_norm"] = grad_norm.detach()
         return out
 
     def _loader(self) -> DataLoader:
@@ -262,6 +265,8 @@ class Trainer:
                     seen += len(batch["labels"])
                     bar.update(1)
                     if self.is_main and self.pos.step % self.cfg.log_every == 0:
+                        metrics = {k: float(v) for k, v in metrics.items()}
+                        metrics["lr"] = self.scheduler.get_last_lr()[0]
                         metrics["samples_per_s"] = seen / (time.perf_counter() - tic)
                         bar.set_postfix(
                             {k: f"{metrics[k]:.3g}" for k in metrics if k != "lr"}, refresh=False
