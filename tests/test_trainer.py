@@ -145,3 +145,18 @@ def test_no_distill_baseline_needs_no_store(data, tmp_path: Path) -> None:
     Trainer(cfg).run()
     assert set(_history(tmp_path / "b")[0]) == {"step", "ce", "loss", "grad_norm", "lr",
                                                 "samples_per_s"}  # fmt: skip
+
+
+def test_config_file_and_flags_merge_into_heads(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"preset": "tiny", "heads": {"lambda1": 2.0, "use_gam": False}}))
+    cfg = TrainConfig.from_sources(
+        path, {"shards": "s", "teacher_store": "t", "heads": {"loss_type": "l1"}, "lr": None}
+    )
+    assert cfg.preset == "tiny" and cfg.lr == 1.4e-3  # None flags keep file/default values
+    assert (cfg.heads.lambda1, cfg.heads.use_gam, cfg.heads.loss_type) == (2.0, False, "l1")
+    assert cfg.to_dict()["heads"]["lambda1"] == 2.0
+    with pytest.raises(InputError, match="unknown heads settings"):
+        TrainConfig.from_sources(None, {"shards": "s", "teacher_store": "t", "heads": {"x": 1}})
+    with pytest.raises(InputError, match="loss_type"):
+        TrainConfig(shards="s", teacher_store="t", heads={"loss_type": "l2"})

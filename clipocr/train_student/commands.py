@@ -103,6 +103,11 @@ def train(
     from clipocr.train_student.config import TrainConfig
     from clipocr.train_student.trainer import Trainer
 
+    given["heads"] = {
+        k: v
+        for k in ("loss_type", "use_image", "use_text", "use_gam")
+        if (v := given.pop(k)) is not None
+    }
     for name in ("config", "resume"):
         given.pop(name)
     for name in ("shards", "teacher_store", "out"):

@@ -13,6 +13,7 @@ from typing import Any
 
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.precision import PRECISIONS
+from clipocr.train_student.heads import DistillConfig
 
 
 @dataclass
@@ -32,14 +33,8 @@ class TrainConfig:
     warmup_pct: float = 0.075
     grad_clip: float = 20.0
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or bf16 | fp16 | fp32
-    # distillation heads and loss
-    loss_type: str = "lcl"  # lcl | l1
-    lambda1: float = 5.0
-    lambda2: float = 0.1
-    tau: float = 0.03
-    use_image: bool = True
-    use_text: bool = True
-    use_gam: bool = True
+    # distillation heads and loss terms (λ1, λ2, τ, L1 vs LCL, per-term weights and switches)
+    heads: DistillConfig = field(default_factory=DistillConfig)
     # data
     workers: int = 2
     shuffle_buffer: int = 1000
@@ -59,8 +54,14 @@ class TrainConfig:
             raise InputError("train: --teacher-store is required unless --no-distill is given")
         if self.precision not in PRECISIONS:
             raise InputError(f"train: unknown --precision {self.precision!r}")
-        if self.loss_type not in ("lcl", "l1"):
-            raise InputError(f"train: unknown --loss-type {self.loss_type!r}")
+        if isinstance(self.heads, dict):
+            unknown = set(self.heads) - {f.name for f in fields(DistillConfig)}
+            if unknown:
+                raise InputError(f"train: unknown heads settings {sorted(unknown)}")
+            try:
+                self.heads = DistillConfig(**self.heads)
+            except ValueError as err:
+                raise InputError(f"train: {err}") from None
 
     # Settings that may differ between a run and its resumption.
     RESUMABLE_CHANGES = ("max_steps", "epochs", "val", "val_every", "ckpt_every", "progress",
@@ -81,7 +82,9 @@ class TrainConfig:
                 values.update(json.loads(Path(config_file).read_text()))
             except (OSError, json.JSONDecodeError) as err:
                 raise InputError(f"{config_file}: cannot read config ({err})") from None
+        heads = {**values.pop("heads", {}), **overrides.pop("heads", {})}
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values["heads"] = heads
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise InputError(f"{config_file or 'train'}: unknown config keys {sorted(unknown)}")

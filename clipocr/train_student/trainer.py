@@ -31,7 +31,6 @@ from clipocr.pipeline.teacher_store import TeacherStore
 from clipocr.train_student.checkpoint import save_student
 from clipocr.train_student.config import TrainConfig
 from clipocr.train_student.dataset import DistillStream, StreamConfig
-from clipocr.train_student.heads import DistillConfig
 from clipocr.train_student.model import Student, student_config
 from clipocr.train_student.system import DistillSystem
 
@@ -96,12 +95,8 @@ class Trainer:
         self.charset = Charset.from_name(cfg.charset)
         self.store = open_store(cfg, self.charset) if cfg.distill else None
         self.student = Student(student_config(cfg.preset, charset=cfg.charset))
-        distill = DistillConfig(
-            lambda1=cfg.lambda1, lambda2=cfg.lambda2, tau=cfg.tau, loss_type=cfg.loss_type,
-            use_image=cfg.use_image, use_text=cfg.use_text, use_gam=cfg.use_gam,
-        )  # fmt: skip
         dims = self.store.spec.dims if self.store is not None else None
-        self.system = DistillSystem(self.student, dims, distill).to(self.device)
+        self.system = DistillSystem(self.student, dims, cfg.heads).to(self.device)
         self.model = (
             DistributedDataParallel(self.system, find_unused_parameters=False)
             if self.world > 1
