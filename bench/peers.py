@@ -49,6 +49,7 @@ from clipocr.evaluate.benchmark import (
     Sample,
     Speed,
     discover_lmdbs,
+    first_decoded,
 )
 from clipocr.evaluate.metrics import Tally
 from clipocr.pipeline.charset import MAX_LABEL_LEN
@@ -281,22 +282,7 @@ def evaluate_peer(
 
 def first_pil_images(datasets: Sequence[Dataset], count: int) -> list[Image.Image]:
     """The first `count` decodable crops, as `first_images` picks the student's timing input."""
-    out: list[Image.Image] = []
-    for d in datasets:
-        reader = LmdbReader(d.path)
-        try:
-            for _, data, _ in reader.iter_raw():
-                try:
-                    out.append(decode_image(data))
-                except Exception:  # unreadable ones are reported by the evaluation
-                    continue
-                if len(out) == count:
-                    return out
-        finally:
-            reader.close()
-    if not out:
-        raise InputError("no decodable image to time the peers on")
-    return out
+    return first_decoded(datasets, count, decode_image)
 
 
 def measure_peer_speed(

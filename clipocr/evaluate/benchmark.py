@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tqdm import tqdm
@@ -472,22 +473,33 @@ def measure_speed(
     return Speed(str(dev), ms, ips, batch_size, torch.get_num_threads())
 
 
-def first_images(datasets: Sequence[Dataset], count: int) -> torch.Tensor:
-    """Up to `count` decodable images from the first datasets: realistic input for `measure_speed`
-    (greedy decoding stops at EOS, so random input would time a different number of steps)."""
-    out: list[torch.Tensor] = []
+T = TypeVar("T")
+
+
+def first_decoded(datasets: Sequence[Dataset], count: int, decode: Callable[[bytes], T]) -> list[T]:
+    """Up to `count` images from the first datasets that `decode` can read, in order.
+
+    Unreadable ones are skipped here: `evaluate` reports them; timing should not include them.
+    """
+    out: list[T] = []
     for d in datasets:
         reader = LmdbReader(d.path)
         try:
             for _, data, _ in reader.iter_raw():
                 try:
-                    out.append(load_uint8(data))
-                except Exception:  # unreadable ones are reported by `evaluate`, not timed
+                    out.append(decode(data))
+                except Exception:
                     continue
                 if len(out) == count:
-                    return torch.stack(out)
+                    return out
         finally:
             reader.close()
     if not out:
-        raise InputError("no decodable image to time the model on")
-    return torch.stack(out)
+        raise InputError("no decodable image to time the readers on")
+    return out
+
+
+def first_images(datasets: Sequence[Dataset], count: int) -> torch.Tensor:
+    """Realistic uint8 input for `measure_speed` (greedy decoding stops at EOS, so random input
+    would time a different number of steps)."""
+    return torch.stack(first_decoded(datasets, count, load_uint8))
