@@ -11,15 +11,12 @@ for the demo except its sizes, which scale with `--scale`.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-log = logging.getLogger(__name__)
 
 REAL_TRAIN_SETS = ("IIIT5k_train_2000", "IC15_train_4468")
 
@@ -46,9 +43,8 @@ class DemoConfig:
         return max(8, int(round(n * self.scale)))
 
 
-def _stage(name: str) -> float:
+def _stage(name: str) -> None:
     typer.secho(f"\n== {name}", bold=True)
-    return time.perf_counter()
 
 
 def _real_lmdbs(real_root: Path, data: Path, count: int, seed: int) -> list[Path]:

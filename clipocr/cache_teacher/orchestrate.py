@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 from clipocr.cache_teacher.runner import RunnerConfig, cache_shard
 from clipocr.cache_teacher.teacher import Teacher, TeacherConfig, load_teacher
-from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.preprocess import IMG_H, IMG_W
 from clipocr.pipeline.shards import load_index, shard_paths
@@ -90,8 +89,6 @@ def _cached_teacher(cfg: TeacherConfig, device: str) -> Teacher:
 def run_shard(job: CacheJob, shard: str) -> dict:
     """One dask task: cache `shard` (a path) into the store unless it is already complete."""
     device = _worker_device(job.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
     teacher = _cached_teacher(job.teacher, str(device))
     writer = TeacherStoreWriter(job.out, store_spec(teacher, job.runner.codec))
     name = shard_group_name(shard)
@@ -129,7 +126,6 @@ def run_cache(
             f"{job.shards}: shards use charset {index['charset']}, teacher asked for "
             f"{job.teacher.charset}"
         )
-    Charset.from_name(job.teacher.charset)
     # The driver creates (or checks) the manifest before any worker starts.
     driver_teacher = load_teacher(job.teacher, "cpu")
     writer = TeacherStoreWriter(job.out, store_spec(driver_teacher, job.runner.codec))
