@@ -1,5 +1,5 @@
 """`python -m clipocr …` runs the CLI (used where console scripts are not installed)."""
 
-from clipocr.cli import main
+from clipocr.commands.app import main
 
 main()

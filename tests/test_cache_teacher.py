@@ -17,7 +17,7 @@ from clipocr.cache_teacher import runner as runner_mod
 from clipocr.cache_teacher.orchestrate import CacheJob, run_cache
 from clipocr.cache_teacher.runner import RunnerConfig
 from clipocr.cache_teacher.teacher import TeacherConfig, load_teacher
-from clipocr.cli import app
+from clipocr.commands.app import app
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.lmdb_io import LmdbWriter

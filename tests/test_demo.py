@@ -4,7 +4,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from clipocr.cli import app
+from clipocr.commands.app import app
 
 
 def test_demo_runs_every_stage(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as tfn
 from conftest import text_image, write_lmdb
 from PIL import Image
 
-from clipocr.evaluate.cli import main
+from clipocr.commands.eval import main
 from clipocr.evaluate.metrics import normalized_edit_distance
 from clipocr.pipeline.preprocess import load_uint8, normalize
 from clipocr.train_student.checkpoint import save_student
@@ -177,7 +177,7 @@ def test_bad_input_is_one_line_and_exit_2(
 def test_evaluation_never_imports_the_teacher() -> None:
     """DESIGN §2: evaluation loads the student alone; open_clip is never imported."""
     code = (
-        "import sys; import clipocr.evaluate.cli, clipocr.evaluate.report; "
+        "import sys; import clipocr.commands.eval, clipocr.evaluate.report; "
         "import clipocr.train_student.checkpoint; "
         "bad = [m for m in sys.modules if m.startswith(('open_clip', 'clipocr.cache_teacher'))]; "
         "assert not bad, bad"

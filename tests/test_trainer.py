@@ -111,7 +111,7 @@ def test_cli_trains_without_open_clip(data, tmp_path: Path) -> None:
     run = tmp_path / "run"
     code = (
         "import sys; sys.modules['open_clip'] = None\n"
-        "from clipocr.cli import main\n"
+        "from clipocr.commands.app import main\n"
         "main()\n"
         "assert 'open_clip' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )

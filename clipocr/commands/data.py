@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
+from clipocr.commands.common import CharsetOption, SeedOption
+
 
 def synth(
     out: Annotated[Path, typer.Option(help="LMDB folder to create (must not exist).")],
     num: Annotated[int, typer.Option(help="Number of word images to render.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same LMDB.")] = 0,
-    charset: Annotated[str, typer.Option(help="Label charset: 36 (0-9a-z), 62 or 94.")] = "36",
+    seed: SeedOption = 0,
+    charset: CharsetOption = "36",
     style: Annotated[
         str, typer.Option(help="'clean' (MJSynth-like) or 'hard' (heavier distortion).")
     ] = "clean",
@@ -48,7 +50,7 @@ def prepare(
         list[Path] | None,
         typer.Option(help="Image folder with labels.tsv (relpath<TAB>label) (repeatable)."),
     ] = None,
-    charset: Annotated[str, typer.Option(help="Label charset: 36 (0-9a-z), 62 or 94.")] = "36",
+    charset: CharsetOption = "36",
     shard_size: Annotated[int, typer.Option(help="Samples per tar shard.")] = 5000,
 ) -> None:
     """Convert LMDBs / labelled image folders into WebDataset tar shards (resumable).

@@ -18,6 +18,9 @@ from typing import Annotated
 
 import typer
 
+from clipocr.commands.eval import Evaluation, run_evaluation
+from clipocr.commands.train import validation
+
 REAL_TRAIN_SETS = ("IIIT5k_train_2000", "IC15_train_4468")
 
 
@@ -103,26 +106,30 @@ def _train(cfg: DemoConfig, shards: Path, store: Path, val: Path, run: Path, dis
         log_every=max(steps // 100, 1),
     )
     resume = (run / "config.json").exists()
-    return Trainer(train_cfg, resume=resume).run()
+    return Trainer(train_cfg, resume=resume, validate=validation(train_cfg.val)).run()
 
 
-def _evaluate(checkpoint: Path, test_root: Path, out_json: Path, grid: Path | None) -> dict:
-    from clipocr.evaluate.cli import evaluate_command
+def _evaluate(checkpoint: Path, test_root: Path, out_json: Path, grid: Path | None) -> Evaluation:
+    """`clipocr-eval`'s job as a function call; its JSON and grid are kept as artefacts."""
+    from clipocr.evaluate import report as rep
 
-    evaluate_command(
-        checkpoint, data=test_root, json_out=out_json, grid=grid, batch_size=64, device="cpu"
+    result = run_evaluation(checkpoint, test_root, batch_size=64, device="cpu", echo=False)
+    rep.write_json(
+        rep.to_json(result.report, "sub", result.model_config, str(checkpoint), result.speed),
+        out_json,
     )
-    return json.loads(out_json.read_text())
+    if grid is not None:
+        rep.write_grid(result.report, grid)
+    return result
 
 
-def comparison_table(baseline: dict, distilled: dict) -> str:
+def comparison_table(baseline: Evaluation, distilled: Evaluation) -> str:
     """Per test set: word accuracy and 1 − NED of baseline and distilled student, and the gains.
 
     1 − NED is shown beside word accuracy because a student trained for CPU minutes reads
     characters long before it reads whole words.
     """
-    base_sets = baseline["results"]["36"]["datasets"]
-    dist_sets = {d["name"]: d for d in distilled["results"]["36"]["datasets"]}
+    dist_rows = {r.name: r for r in distilled.report.rows}
     trio = f"{'base':>8}{'distil':>9}{'gain':>9}"
     header = (
         f"{'test set':<20}{'samples':>8} | {'accuracy %':^26} | {'1 - NED %':^26}\n"
@@ -138,19 +145,18 @@ def comparison_table(baseline: dict, distilled: dict) -> str:
             f"{ned_b:>8.2f}{ned_d:>9.2f}{ned_d - ned_b:>+9.2f}"
         )
 
-    for b in base_sets:
-        d = dist_sets[b["name"]]
-        vals = [b["accuracy"], d["accuracy"], b["one_minus_ned"], d["one_minus_ned"]]
-        rows.append(line(b["name"], b["samples"], vals))
-        n += b["samples"]
-        sums = [s + b["samples"] * v for s, v in zip(sums, vals)]
+    for b in baseline.report.rows:
+        d = dist_rows[b.name]
+        vals = [b.accuracy, d.accuracy, b.one_minus_ned, d.one_minus_ned]
+        rows.append(line(b.name, b.samples, vals))
+        n += b.samples
+        sums = [s + b.samples * v for s, v in zip(sums, vals)]
     rows.append("-" * 84)
     rows.append(line("weighted average", n, [s / n for s in sums]))
-    speed = [r["speed"] for r in (baseline, distilled)]
-    if all(speed):
+    if baseline.speed is not None and distilled.speed is not None:
         rows.append(
-            f"ms/image at batch 1: baseline {speed[0]['ms_per_image']:.1f}, "
-            f"distilled {speed[1]['ms_per_image']:.1f}"
+            f"ms/image at batch 1: baseline {baseline.speed.ms_per_image:.1f}, "
+            f"distilled {distilled.speed.ms_per_image:.1f}"
         )
     return "\n".join(rows)
 
@@ -207,10 +213,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     _stage("6/6 evaluate both with clipocr-eval")
     reports = out / "eval" / f"seed{cfg.seed}"
     reports.mkdir(parents=True, exist_ok=True)
-    base_json = _evaluate(baseline, data / "test", reports / "baseline.json", None)
-    dist_json = _evaluate(distilled, data / "test", reports / "distilled.json",
+    base_eval = _evaluate(baseline, data / "test", reports / "baseline.json", None)
+    dist_eval = _evaluate(distilled, data / "test", reports / "distilled.json",
                           reports / "distilled_grid.png")  # fmt: skip
-    table = comparison_table(base_json, dist_json)
+    table = comparison_table(base_eval, dist_eval)
     minutes = (time.perf_counter() - tic) / 60
     typer.secho("\n== distillation gain (word accuracy, 36-symbol protocol)", bold=True)
     typer.echo(table)

@@ -1,24 +1,38 @@
 """`clipocr-eval CHECKPOINT --data ROOT` (also `clipocr eval`): benchmark a student (DESIGN §7).
 
-Only typer is imported at module level so `clipocr --help` stays fast; torch and the model are
-imported when the command runs. Bad input raises `InputError`, which `main` (and `clipocr.cli`)
-print as one line with exit code 2.
+`run_evaluation` is the whole job as a function returning types (the demo calls it too); the
+command only parses flags and prints. torch and the model are imported when it runs.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from clipocr.commands.common import run_app
 from clipocr.pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    from clipocr.evaluate.benchmark import Report, Speed
 
 TEST_CHARSETS = ("36", "62", "94")
 
 
-def _device(name: str | None) -> str:
+@dataclass
+class Evaluation:
+    """One checkpoint evaluated: the report (figures derive from it) and the timing, if taken."""
+
+    report: Report
+    speed: Speed | None
+    model_config: dict
+
+
+def resolve_device(name: str | None) -> str:
+    """`None` → cuda when available, else cpu; anything but cpu/cuda[:N] is refused."""
     import torch
 
     if name is None:
@@ -28,6 +42,59 @@ def _device(name: str | None) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
     return name
+
+
+def run_evaluation(
+    checkpoint: Path,
+    data: Path,
+    *,
+    names: list[str] | None = None,
+    charset: str = "36",
+    batch_size: int = 256,
+    device: str | None = None,
+    limit: int | None = None,
+    speed: bool = True,
+    echo: bool = True,
+) -> Evaluation:
+    """Load the student, evaluate it on every LMDB under `data`, optionally time it."""
+    if charset not in TEST_CHARSETS:
+        raise InputError(f"--charset {charset}: choose one of {', '.join(TEST_CHARSETS)}")
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: no such checkpoint file")
+    dev = resolve_device(device)
+
+    import torch
+
+    from clipocr.evaluate.benchmark import (
+        PROTOCOL_CHARSET,
+        discover_lmdbs,
+        evaluate,
+        first_images,
+        measure_speed,
+    )
+    from clipocr.train_student.checkpoint import load_student
+
+    found = discover_lmdbs(data, names or [])
+    model = load_student(checkpoint, map_location="cpu").to(dev)
+    if echo:
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        typer.echo(
+            f"{checkpoint}: student charset {model.charset.name}, {params:.1f} M params; "
+            f"{len(found)} LMDB(s) under {data}; device {dev}, batch {batch_size}"
+        )
+    report = evaluate(
+        model,
+        found,
+        batch_size=batch_size,
+        charsets=tuple(dict.fromkeys((PROTOCOL_CHARSET, charset))),
+        limit=limit,
+        progress=echo and sys.stderr.isatty(),
+    )
+    timing = None
+    if speed:
+        torch.manual_seed(0)
+        timing = measure_speed(model, first_images(found, batch_size).to(dev), batch_size)
+    return Evaluation(report, timing, model.cfg.to_dict())
 
 
 def evaluate_command(
@@ -76,55 +143,25 @@ def evaluate_command(
     ] = True,
 ) -> None:
     """Evaluate a student on every LMDB under --data with PARSeq's test protocol."""
-    if charset not in TEST_CHARSETS:
-        raise InputError(f"--charset {charset}: choose one of {', '.join(TEST_CHARSETS)}")
     if average not in ("sub", "full"):
         raise InputError(f"--average {average}: choose 'sub' or 'full'")
-    if not checkpoint.is_file():
-        raise InputError(f"{checkpoint}: no such checkpoint file")
     names = [n for item in datasets or [] for n in item.split(",") if n]
-    dev = _device(device)
-
-    import torch
-
     from clipocr.evaluate import report as rep
-    from clipocr.evaluate.benchmark import (
-        PROTOCOL_CHARSET,
-        discover_lmdbs,
-        evaluate,
-        first_images,
-        measure_speed,
-    )
-    from clipocr.train_student.checkpoint import load_student
 
-    found = discover_lmdbs(data, names)
-    model = load_student(checkpoint, map_location="cpu").to(dev)
-    charsets = tuple(dict.fromkeys((PROTOCOL_CHARSET, charset)))
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    typer.echo(
-        f"{checkpoint}: student charset {model.charset.name}, {params:.1f} M params; "
-        f"{len(found)} LMDB(s) under {data}; device {dev}, batch {batch_size}"
-    )
-    report = evaluate(
-        model,
-        found,
-        batch_size=batch_size,
-        charsets=charsets,
-        limit=limit,
-        progress=sys.stderr.isatty(),
-    )
-    for cs in charsets:
+    result = run_evaluation(
+        checkpoint, data, names=names, charset=charset, batch_size=batch_size, device=device,
+        limit=limit, speed=speed,
+    )  # fmt: skip
+    report = result.report
+    for cs in report.charsets:
         typer.echo(rep.table_text(report, cs, average))
     for note in rep.notes_text(report):
         typer.echo(f"note: {note}")
-    timing = None
-    if speed:
-        torch.manual_seed(0)
-        timing = measure_speed(model, first_images(found, batch_size).to(dev), batch_size)
-        typer.echo(rep.speed_text(timing))
+    if result.speed is not None:
+        typer.echo(rep.speed_text(result.speed))
     if json_out is not None:
-        config = model.cfg.to_dict()
-        rep.write_json(rep.to_json(report, average, config, str(checkpoint), timing), json_out)
+        data_json = rep.to_json(report, average, result.model_config, str(checkpoint), result.speed)
+        rep.write_json(data_json, json_out)
         typer.echo(f"wrote {json_out}")
     if predictions is not None:
         count = rep.write_predictions(report, predictions)
@@ -135,11 +172,7 @@ def evaluate_command(
 
 
 def main() -> None:
-    """Console script `clipocr-eval`: the command alone, bad input as one line and exit 2."""
+    """Console script `clipocr-eval`: the command alone."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(evaluate_command)
-    try:
-        app(prog_name="clipocr-eval")
-    except InputError as err:
-        typer.secho(f"error: {err}", err=True, fg="red")
-        sys.exit(2)
+    run_app(app, "clipocr-eval")

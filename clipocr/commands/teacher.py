@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from clipocr.commands.common import CharsetOption, SeedOption
+
 _TEACHER = "Teacher"
 _RUN = "Run"
 
@@ -157,9 +159,9 @@ def teacher_pretrain(
     ctc_weight: Annotated[
         float, typer.Option(help="Weight of the auxiliary per-character CTC loss (0 = off).")
     ] = 1.0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: SeedOption = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
-    charset: Annotated[str, typer.Option()] = "36",
+    charset: CharsetOption = "36",
 ) -> None:
     """Train a small character-level CLIP on rendered words: a real teacher for offline demos.
 

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from clipocr.commands.common import CHARSET_HELP
+
+if TYPE_CHECKING:
+    import torch
+
+    from clipocr.train_student.model import Student
 
 _DATA = "Data"
 _OPT = "Optimisation"
 _DIST = "Distillation"
 _RUN = "Run"
+
+
+def validation(paths: list[str]) -> Callable[[Student, torch.device], dict[str, float]]:
+    """The trainer's validation: `clipocr-eval`'s own `evaluate` on the given LMDBs, so training
+    curves and benchmark figures can never disagree (the trainer itself never imports evaluate)."""
+
+    def validate(student: Student, device: torch.device) -> dict[str, float]:
+        from clipocr.evaluate import evaluate
+
+        report = evaluate(student, paths, device=device, progress=False)
+        return {f"val_acc/{row.name}": row.accuracy for row in report.rows}
+
+    return validate
 
 
 def train(
@@ -33,9 +54,7 @@ def train(
     preset: Annotated[
         str | None, typer.Option(help="Student size: test, tiny, small (paper), base.")
     ] = None,
-    charset: Annotated[
-        str | None, typer.Option(help="36, 62 or 94.", rich_help_panel=_DATA)
-    ] = None,
+    charset: Annotated[str | None, typer.Option(help=CHARSET_HELP, rich_help_panel=_DATA)] = None,
     distill: Annotated[
         bool | None,
         typer.Option(
@@ -116,5 +135,5 @@ def train(
     if given["val"] is not None:
         given["val"] = [str(p) for p in given["val"]]
     cfg = TrainConfig.from_sources(config, given)
-    final = Trainer(cfg, resume=resume).run()
+    final = Trainer(cfg, resume=resume, validate=validation(cfg.val)).run()
     typer.echo(f"student exported to {final}")

@@ -1,0 +1,76 @@
+"""`clipocr read` end to end: render words, train a tiny student by the CLI, read them back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipocr.commands.app import app
+from clipocr.pipeline.lmdb_io import LmdbReader
+
+WORDS = 32
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """A `test`-preset student trained by `clipocr train` on 32 rendered words, and the words
+    as image files."""
+    root = tmp_path_factory.mktemp("read")
+    runner = CliRunner()
+    made = runner.invoke(
+        app,
+        ["synth", "--out", str(root / "lmdb"), "--num", str(WORDS), "--seed", "3",
+         "--shards", str(root / "shards")],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    trained = runner.invoke(
+        app,
+        ["train", "--shards", str(root / "shards"), "--no-distill", "--out", str(root / "run"),
+         "--preset", "test", "--batch-size", str(WORDS), "--max-steps", "300", "--lr", "0.03",
+         "--no-augment", "--workers", "0", "--seed", "0"],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output[-2000:]
+    images = root / "images"
+    images.mkdir()
+    labels = []
+    for i, data, label in LmdbReader(root / "lmdb").iter_raw():
+        (images / f"{i:03d}.jpg").write_bytes(data)
+        labels.append(label)
+    return root / "run" / "student.safetensors", images, labels
+
+
+def test_a_trained_student_reads_its_training_words_back(trained) -> None:
+    checkpoint, images, labels = trained
+    result = CliRunner().invoke(app, ["read", str(checkpoint), str(images), "--json"])
+    assert result.exit_code == 0, result.output[-2000:]
+    readings = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in readings] == sorted(p.name for p in images.iterdir())
+    correct = sum(r["text"] == label for r, label in zip(readings, labels, strict=True))
+    assert correct >= 0.6 * len(labels), readings
+    assert all(0.0 <= r["confidence"] <= 1.0 for r in readings)
+
+
+def test_unreadable_files_are_reported_and_the_others_still_read(trained, tmp_path) -> None:
+    checkpoint, images, _ = trained
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    missing = tmp_path / "missing.jpg"
+    good = sorted(images.iterdir())[:2]
+    result = CliRunner().invoke(
+        app, ["read", str(checkpoint), str(good[0]), str(broken), str(missing), str(good[1])]
+    )
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(good[0]), str(good[1])]
+    assert f"error: {broken}: not a readable image" in result.stderr
+    assert f"error: {missing}: no such file" in result.stderr
+
+
+def test_a_folder_without_images_is_one_clear_error(trained, tmp_path) -> None:
+    checkpoint, _, _ = trained
+    result = CliRunner().invoke(app, ["read", str(checkpoint), str(tmp_path)])
+    assert result.exit_code != 0
+    assert "no image files found" in str(result.exception) + result.output
