@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from clipocr.cache_teacher.orchestrate import store_spec
 from clipocr.cache_teacher.runner import RunnerConfig, cache_shard
-from clipocr.cache_teacher.teacher import DEFAULT_DEMO_TEACHER, Teacher, TeacherConfig
+from clipocr.cache_teacher.teacher import DEFAULT_DEMO_TEACHER, Teacher, TeacherConfig, store_spec
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.shards import prepare_shards, shard_paths
 from clipocr.pipeline.synth import render_lmdb

@@ -42,9 +42,8 @@ from _common import (
     sync,
 )
 
-from clipocr.cache_teacher.orchestrate import store_spec
 from clipocr.cache_teacher.runner import RunnerConfig
-from clipocr.cache_teacher.teacher import Teacher, load_teacher
+from clipocr.cache_teacher.teacher import Teacher, load_teacher, store_spec
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.preprocess import load_uint8
 from clipocr.pipeline.shards import iter_shard_raw, shard_paths
@@ -98,7 +97,7 @@ def first_batch(shards: Path, size: int) -> tuple[torch.Tensor, list[str], float
     raw = [s for p in shard_paths(shards) for s in iter_shard_raw(p)]
     tar_rate = len(raw) / (time.perf_counter() - tic)
     tic = time.perf_counter()
-    decoded = [load_uint8(data) for _, data, _ in raw]
+    decoded = [load_uint8(data, draft=True) for _, data, _ in raw]
     decode_rate = len(raw) / (time.perf_counter() - tic)
     picks = [i % len(raw) for i in range(size)]
     images = torch.stack([decoded[i] for i in picks])

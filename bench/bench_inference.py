@@ -19,7 +19,8 @@ import platform
 
 import torch
 
-from clipocr.evaluate.benchmark import Speed, measure_speed
+from clipocr.evaluate.benchmark import measure_speed
+from clipocr.evaluate.results import Speed
 from clipocr.train_student.model import PRESETS, Student, student_config
 
 TYPICAL_STEPS = 7

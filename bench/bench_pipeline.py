@@ -43,9 +43,9 @@ def main() -> None:
         tic = time.perf_counter()
         n = sum(1 for _ in reader)
         read_s = time.perf_counter() - tic
-    print(f"samples            {index['num_samples']}")
+    print(f"samples            {index.num_samples}")
     print(f"LMDB size          {mb:.1f} MB, shards {tar_mb:.1f} MB")
-    rate = index["num_samples"] / prep_s
+    rate = index.num_samples / prep_s
     print(f"prepare            {rate:,.0f} samples/s, {tar_mb / prep_s:.1f} MB/s")
     print(f"shard reader       {n / read_s:,.0f} samples/s (1 process, decode + resize)")
 

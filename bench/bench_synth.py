@@ -23,8 +23,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from clipocr.pipeline.charset import Charset
-from clipocr.pipeline.fonts import discover_faces
 from clipocr.pipeline.synth import STYLES, WordRenderer, render_lmdb
+from clipocr.pipeline.synth.fonts import discover_faces
 
 
 def encode_costs(images: list[Image.Image]) -> dict[str, tuple[float, float]]:
@@ -101,7 +101,7 @@ def main() -> None:
         mean_w = sum(im.width for im in images) / len(images)
         mean_h = sum(im.height for im in images) / len(images)
         print(
-            f"[{style}] {args.num} images: {meta['images_per_s']:.0f} img/s wall, "
+            f"[{style}] {args.num} images: {meta.images_per_s:.0f} img/s wall, "
             f"{args.num / cpu:.0f} img/s per CPU-second; mean {mean_w:.0f}x{mean_h:.0f} px, "
             f"LMDB {mdb / args.num / 1024:.1f} KiB/image (file incl. slack)"
         )

@@ -65,6 +65,7 @@ def trainer(args: argparse.Namespace, out: Path, store: Path | None) -> Trainer:
         batch_size=args.batch_size,
         max_steps=1_000_000,  # the OneCycle schedule must outlast the measured steps
         workers=0,
+        threads=args.threads,  # the Trainer sets CPU threads itself; keep the measured setting
         device=args.device,
         progress=False,
     )

@@ -41,17 +41,10 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from clipocr.evaluate.benchmark import (
-    COMBINED,
-    PROTOCOL_CHARSET,
-    Dataset,
-    Report,
-    Sample,
-    Speed,
-    discover_lmdbs,
-    first_decoded,
-)
+from clipocr.evaluate.benchmark import first_decoded
+from clipocr.evaluate.datasets import COMBINED, Dataset, discover_lmdbs
 from clipocr.evaluate.metrics import Tally
+from clipocr.evaluate.results import PROTOCOL_CHARSET, Report, Sample, Speed
 from clipocr.pipeline.charset import MAX_LABEL_LEN
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.lmdb_io import LmdbReader

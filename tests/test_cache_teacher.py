@@ -61,7 +61,7 @@ def test_store_holds_the_teachers_features(shards, tiny_teacher, tmp_path) -> No
     out = tmp_path / "store"
     summary = run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False,
                         progress=False)  # fmt: skip
-    assert len(summary["done"]) == 3 and not summary["failed"]
+    assert len(summary.done) == 3 and not summary.failed
     store = TeacherStore(out)
     assert store.shards() == {"shard-000000": 6, "shard-000001": 6, "shard-000002": 4}
     assert store.verify()["ok"]
@@ -112,14 +112,14 @@ def test_interrupted_shard_stays_invisible_and_rerun_completes(
     monkeypatch.setattr("clipocr.cache_teacher.orchestrate.cache_shard", dies_in_second_shard)
     summary = run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False,
                         progress=False, retries=0)  # fmt: skip
-    assert list(summary["failed"]) == ["shard-000001.tar"]
+    assert list(summary.failed) == ["shard-000001.tar"]
     assert set(TeacherStore(out).shards()) == {"shard-000000", "shard-000002"}
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
     monkeypatch.setattr("clipocr.cache_teacher.orchestrate.cache_shard", real)
     summary = run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False,
                         progress=False)  # fmt: skip
-    assert summary["already_done"] == 2 and len(summary["done"]) == 1
+    assert summary.already_done == 2 and len(summary.done) == 1
     assert TeacherStore(out).verify()["ok"]
 
 
@@ -135,7 +135,8 @@ def test_corrupt_image_is_recorded_as_missing(tiny_teacher, tmp_path) -> None:
     out = tmp_path / "store"
     summary = run_cache(_job(tmp_path / "shards", out, tiny_teacher), dask_workers=1,
                         processes=False, progress=False)  # fmt: skip
-    assert summary["done"][0]["missing"] == ["shard-000000/000001"]
+    assert summary.done[0]["missing"] == ["shard-000000/000001"]
+    assert summary.missing == 1 and summary.samples == 2
     store = TeacherStore(out)
     assert store.missing("shard-000000") == ["shard-000000/000001"]
     assert [k for k, _ in store.iter_shard("shard-000000")] == [

@@ -42,14 +42,50 @@ def test_length_limit_never_truncates() -> None:
     with pytest.raises(LabelRejected) as err:
         CS36.prepare("a" * 26)
     assert err.value.reason == REASON_TOO_LONG
-    # removal happens before the length check: 26 chars with one apostrophe is fine
-    assert CS36.prepare("a" * 24 + "'b") == "a" * 24 + "b"
+    # the length check comes before removal (PARSeq): 26 chars with one apostrophe is too long
+    with pytest.raises(LabelRejected) as err:
+        CS36.prepare("a" * 24 + "'b")
+    assert err.value.reason == REASON_TOO_LONG
+
+
+def test_training_label_length_is_checked_before_charset_filtering() -> None:
+    """PARSeq's LmdbDataset: 27 characters, 3 of them punctuation, is too long for 36 symbols
+    although its 24 letters would fit."""
+    label = "abcdefgh.ijklmnop-qrstuvwx!"
+    assert len(label) == 27 and len(CS36.filter(label)) == 24
+    with pytest.raises(LabelRejected) as err:
+        CS36.prepare(label)
+    assert err.value.reason == REASON_TOO_LONG
+    assert CS36.prepare(label[:25]) == "abcdefghijklmnopqrstuvw"  # 25 is still fine
 
 
 def test_prepare_test_drops_long_before_filtering() -> None:
     assert CS36.prepare_test("a" * 24 + "'b") is None  # 26 raw chars → dropped (PARSeq test.py)
     assert CS36.prepare_test("Hello!") == "hello"
     assert CS36.prepare_test("...") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("ﬁ" + "a" * 24, None),  # 25 raw, 26 after NFKD ("fi"): too long
+        ("½" + "a" * 24, None),  # NFKD "1⁄2" → "12" once the fraction slash (non-ASCII) goes: 26
+        ("e\u0301" * 13, "e" * 13),  # 26 raw, 13 once the combining accents are dropped
+    ],
+)
+def test_test_label_length_is_measured_after_unicode_normalisation(
+    raw: str, expected: str | None
+) -> None:
+    """PARSeq measures the label after NFKD + ASCII filtering, not as stored."""
+    assert CS36.prepare_test(raw) == expected
+
+
+def test_filter_does_not_normalise_unicode() -> None:
+    """Predictions are filtered as PARSeq's CharsetAdapter does: raw, so a non-ASCII letter
+    is removed, not decomposed into its ASCII base."""
+    assert CS36.filter("héllo") == "hllo"
+    assert CS36.filter("Hello World!") == "helloworld"
+    assert CS94.filter("Don't stop") == "Don'tstop"
 
 
 def test_ids_and_round_trip() -> None:

@@ -154,6 +154,26 @@ def test_gam_matches_reference() -> None:
         close(got[row], lin2.weight.double() @ h + lin2.bias.double())
 
 
+def test_linear_layers_start_as_the_official_code_starts_them() -> None:
+    """PARSeq's init_weights on every head Linear (trunc-normal std 0.02, zero bias), as the
+    official code applies it; PyTorch's default would give std ≈ 0.03 and biases up to ±0.05."""
+    torch.manual_seed(0)
+    vit_b = {"image_tokens": 17, "image": 768, "text": 512, "emb": 512}
+    heads = DistillHeads(student_config("small"), vit_b)
+    linears = [(n, m) for n, m in heads.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 + 3 + 2
+    for name, lin in linears:
+        weight = lin.weight.detach()
+        assert torch.count_nonzero(lin.bias) == 0, name
+        assert float(weight.std()) == pytest.approx(0.02, rel=0.05), name
+        assert float(weight.abs().max()) <= 2.0, name  # trunc_normal's (absolute) bounds
+    for name, ln in heads.named_modules():
+        if isinstance(ln, torch.nn.LayerNorm):
+            assert torch.all(ln.weight == 1) and torch.all(ln.bias == 0), name
+    for head in heads.image:
+        assert torch.all(head.P == 1 / 129)  # P keeps its token-averaging init
+
+
 # DistillHeads -------------------------------------------------------------------------------------
 def make_batch(seed: int = 0) -> tuple[Student, torch.Tensor, torch.Tensor, dict]:
     torch.manual_seed(seed)

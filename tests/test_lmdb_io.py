@@ -7,6 +7,7 @@ from conftest import text_image, write_lmdb
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.lmdb_io import (
     SKIP_CORRUPT_IMAGE,
+    SKIP_LABEL_NOT_UTF8,
     SKIP_MISSING_LABEL,
     LmdbReader,
     LmdbWriter,
@@ -64,3 +65,52 @@ def test_bad_inputs(tmp_path: Path) -> None:
     env.close()
     with pytest.raises(InputError, match="no 'num-samples'"):
         LmdbReader(tmp_path / "nocount")
+
+
+def _put_label(path: Path, index: int, raw: bytes) -> None:
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        txn.put(b"label-%09d" % index, raw)
+    env.close()
+
+
+def test_non_utf8_label_is_skipped_and_counted_never_replaced(tmp_path: Path) -> None:
+    """``a\\xffb`` used to become ``a\\ufffdb`` (then "ab" once filtered): a training label
+    nobody wrote. Training skips and counts it; evaluation gets no label (counted as
+    unlabelled there), never the replaced string."""
+    path = write_lmdb(tmp_path / "db", [(text_image("ok"), "ok"), (text_image("ab"), "ab")])
+    _put_label(path, 2, b"a\xffb")
+    reader = LmdbReader(path)
+    assert [label for _, _, label in reader] == ["ok"]
+    assert reader.skipped == {SKIP_LABEL_NOT_UTF8: 1}
+    reader.close()
+    assert [label for _, _, label in LmdbReader(path).iter_raw(skip_bad=False)] == ["ok", None]
+
+
+@pytest.mark.parametrize("keep", [0.5, 2 / 10, 5000 / 40960])
+def test_truncated_data_mdb_is_refused_on_open(tmp_path: Path, keep: float) -> None:
+    """Reading a page past the end of a memory-mapped ``data.mdb`` killed the process with
+    SIGBUS (exit 135, no message) in prepare and clipocr-eval; the size is checked first."""
+    path = write_lmdb(tmp_path / "db", [(text_image(f"w{i}"), f"w{i}") for i in range(40)])
+    data = path / "data.mdb"
+    whole = data.read_bytes()
+    data.write_bytes(whole[: int(len(whole) * keep)])
+    with pytest.raises(InputError, match=rf"data.mdb: truncated \(\d+ of {len(whole)} bytes") as e:
+        LmdbReader(path)
+    assert "\n" not in str(e.value)
+    data.write_bytes(whole)  # a refused environment is closed: this process can open it again
+    assert len(LmdbReader(path)) == 40
+
+
+def test_damaged_page_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    """A zeroed B-tree page raised lmdb.CorruptedError (a traceback) from wherever it was met."""
+    path = write_lmdb(tmp_path / "db", [(text_image(f"w{i}"), f"w{i}") for i in range(40)])
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    psize = env.stat()["psize"]
+    env.close()
+    data = path / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    raw[2 * psize : 3 * psize] = bytes(psize)  # the first page after the two meta pages
+    data.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"db: LMDB corrupted at key \w+-\d+ \(.*MDB_CORRUPTED"):
+        list(LmdbReader(path).iter_raw())

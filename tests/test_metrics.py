@@ -51,6 +51,13 @@ def test_unicode_and_whitespace() -> None:
     assert s is not None and s.prediction == "" and not s.correct and s.ned == 1.0
 
 
+def test_prediction_is_not_unicode_normalised() -> None:
+    """PARSeq's CharsetAdapter filters predictions raw: a peer's "héllo" is "hllo", wrong."""
+    s = score("héllo", "hello", CS36)
+    assert s is not None and s.prediction == "hllo" and not s.correct
+    assert s.ned == pytest.approx(1 / 5)
+
+
 def test_empty_prediction_is_wrong_and_empty_label_is_dropped() -> None:
     s = score("", "abc", CS36)
     assert s is not None and not s.correct and s.ned == 1.0

@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from clipocr.evaluate import evaluate
-from clipocr.evaluate.benchmark import Dataset, Speed, dataset_from_path
+from clipocr.evaluate.datasets import Dataset, dataset_from_path
+from clipocr.evaluate.results import Speed
 from clipocr.pipeline.charset import Charset
 
 _spec = importlib.util.spec_from_file_location(
@@ -96,6 +97,18 @@ def test_peer_is_scored_on_exactly_the_evaluators_samples(awkward_lmdb: Path) ->
     assert report.unlabelled == student.unlabelled == {"CUTE80": 1}
     assert peer.batches == [1, 2, 1]  # the corrupt image never reaches the peer; limit 6 holds
     assert peer.sizes == {(90, 30)}  # the peer sees the crop as stored, not resized to 32x128
+
+
+def test_peer_gets_a_large_jpeg_crop_as_stored(tmp_path: Path) -> None:
+    """Full decode at the stored size: no reduced-scale JPEG `draft`, no resize."""
+    big = text_image("large crop", fmt="JPEG", size=(1600, 400))
+    dataset = dataset_from_path(write_lmdb(tmp_path / "words", [(big, "large")]))
+    peer = ConstantPeer("large")
+    peers.evaluate_peer(peer, [dataset])
+    assert peer.sizes == {(1600, 400)}
+    (timed,) = peers.first_pil_images([dataset], 1)
+    stored = Image.open(io.BytesIO(big)).convert("RGB")
+    assert timed.size == stored.size and timed.tobytes() == stored.tobytes()
 
 
 def test_side_by_side_puts_readers_in_columns(awkward_lmdb: Path, tmp_path: Path) -> None:

@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
-from clipocr.cache_teacher.pretrain import (
-    ctc_greedy,
-    heldout_words,
-    pretrain,
-    unique_label_batches,
-)
+from clipocr.cache_teacher.pretrain import PretrainConfig, Pretrainer, PretrainResult, pretrain
 from clipocr.cache_teacher.teacher import TeacherConfig, load_teacher
+from clipocr.commands.app import app
 from clipocr.pipeline.charset import Charset
-from clipocr.pipeline.synth import render_lmdb
+from clipocr.pipeline.synth.dataset import render_lmdb
+
+TINY = {"width": 32, "layers": 4, "embed_dim": 24}
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +30,17 @@ def words(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_pretrain_learns_and_saves_a_loadable_teacher(words, tmp_path):
     out = tmp_path / "teacher"
-    summary = pretrain(
-        words[0], out, val=words[1], steps=30, batch_size=16, lr=2e-3, warmup=3, seed=0,
-        width=32, layers=4, embed_dim=24, log_every=1, progress=False, command="test run",
+    cfg = PretrainConfig(
+        data=[words[0]], out=out, val=words[1], steps=30, batch_size=16, lr=2e-3, warmup=3,
+        seed=0, log_every=1, progress=False, command="test run", **TINY,
     )  # fmt: skip
+    summary = pretrain(cfg)
+    assert isinstance(summary, PretrainResult)
     history = json.loads((out / "history.json").read_text())
     losses = [h["loss"] for h in history if h["kind"] == "train"]
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:3]) / 3
-    assert summary["status"] == "finished" and summary["steps"] == 30
+    assert summary.status == "finished" and summary.steps == 30
 
     state = load_file(str(out / "teacher.safetensors"))
     assert all(v.dtype == torch.float16 for v in state.values())
@@ -55,26 +56,42 @@ def test_pretrain_learns_and_saves_a_loadable_teacher(words, tmp_path):
 
     report = (out / "TEACHER.md").read_text()
     assert "test run" in report and "finished" in report
-    assert set(summary["loaded"]) == {f"top1@{summary['val_words']}"}
+    assert set(summary.loaded) == {f"top1@{summary.val_words}"}
     assert json.loads((out / "pretrain_args.json").read_text())["seed"] == 0
+    # The written settings are a config file that repeats the run.
+    again = PretrainConfig.from_sources(out / "pretrain_args.json", {"command": "test run"})
+    assert again == cfg
 
 
-def test_batches_never_repeat_a_label():
-    labels = ["a", "b", "a", "c", "d", "a", "b", "e"]
-    batches = unique_label_batches(labels, 4, torch.Generator().manual_seed(0))
-    for _ in range(20):
-        batch = next(batches)
-        assert len(batch) == 4 and len({labels[i] for i in batch}) == 4
+def test_a_step_budget_is_reproducible_and_checkpoints_leave_a_teacher(words, tmp_path):
+    def run(out: Path, steps: int) -> Pretrainer:
+        cfg = PretrainConfig(data=[words[0]], out=out, steps=steps, batch_size=16, seed=1,
+                             log_every=2, progress=False, **TINY)  # fmt: skip
+        trainer = Pretrainer(cfg)
+        for _ in range(steps):
+            trainer.step(trainer.step_count / steps)
+        trainer.checkpoint("running")
+        return trainer
+
+    one, two = run(tmp_path / "one", 4), run(tmp_path / "two", 4)
+    assert one.window == two.window and len(one.history) == 2  # no --val: no eval entries
+    assert one.result.status == "running" and one.result.steps == 4 and one.result.loaded is None
+    a = load_file(str(tmp_path / "one" / "teacher.safetensors"))
+    b = load_file(str(tmp_path / "two" / "teacher.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "one" / "pretrain_args.json").read_text())["command"]
 
 
-def test_heldout_words_are_unseen_and_distinct():
-    images = torch.arange(6).view(6, 1)
-    imgs, labels, dropped = heldout_words(images, ["a", "x", "y", "x", "b", "z"], {"a", "b"}, 5)
-    assert labels == ["x", "y", "z"] and imgs.view(-1).tolist() == [1, 2, 5] and dropped == 2
-
-
-def test_ctc_greedy_merges_repeats_and_drops_blanks():
-    # columns: a a blank a b b -> "aab"; chars "ab" (ids 1, 2; blank 0)
-    seq = torch.tensor([1, 1, 0, 1, 2, 2])
-    log_probs = torch.nn.functional.one_hot(seq, 3).float().unsqueeze(1)  # (T, B=1, C+1)
-    assert ctc_greedy(log_probs, "ab") == ["aab"]
+def test_cli_builds_the_config_from_its_flags(words, tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, [
+        "teacher-pretrain", "--data", str(words[0]), "--out", str(out), "--steps", "2",
+        "--batch-size", "8", "--seed", "3",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{") :])
+    assert summary["status"] == "finished" and summary["steps"] == 2 and summary["samples"] == 16
+    args = json.loads((out / "pretrain_args.json").read_text())
+    assert args["lr"] == 1e-3 and args["seed"] == 3 and args["data"] == [str(words[0])]
+    assert args["command"].startswith("clipocr ")
+    assert (out / "teacher.safetensors").is_file() and (out / "TEACHER.md").is_file()

@@ -1,9 +1,11 @@
+import errno
 import json
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
+import webdataset as wds
 from conftest import text_image, write_lmdb
 
 from clipocr.pipeline import shards as shards_mod
@@ -24,13 +26,13 @@ def test_lmdb_to_shards_round_trip(tmp_path: Path) -> None:
     samples = [(text_image(w), w) for w in words] + [(jpeg, "Jpeg"), (b"garbage", "junk")]
     db = write_lmdb(tmp_path / "db", samples)
     index = prepare_shards([db], tmp_path / "shards", CS, shard_size=5, progress=False)
-    assert index["num_samples"] == 12
-    assert [s["count"] for s in index["shards"]] == [5, 5, 2]
-    assert index["skipped"] == {"corrupt_image": 1, "label_empty": 1, "label_too_long": 1}
-    assert json.loads((tmp_path / "shards" / "shards.json").read_text()) == index
+    assert index.num_samples == 12
+    assert [s.count for s in index.shards] == [5, 5, 2]
+    assert index.skipped == {"corrupt_image": 1, "label_empty": 1, "label_too_long": 1}
+    assert json.loads((tmp_path / "shards" / "shards.json").read_text()) == index.to_json()
     # provenance: shard 1 holds LMDB records 6..10, the last shard 11 and the JPEG at 14
-    assert index["shards"][1]["sources"] == {str(db): [6, 10]}
-    assert index["shards"][2]["sources"] == {str(db): [11, 14]}
+    assert index.shards[1].sources == {str(db): [6, 10]}
+    assert index.shards[2].sources == {str(db): [11, 14]}
 
     reader = ShardReader(tmp_path / "shards")
     got = list(reader)
@@ -42,33 +44,17 @@ def test_lmdb_to_shards_round_trip(tmp_path: Path) -> None:
     assert raw[0][1] == text_image("w10") and raw[1][1] == jpeg
 
 
-def test_image_folder_source(tmp_path: Path) -> None:
-    root = tmp_path / "folder"
-    (root / "img").mkdir(parents=True)
-    for i, w in enumerate(["Alpha", "Beta"]):
-        (root / "img" / f"{i}.png").write_bytes(text_image(w))
-    (root / "labels.tsv").write_text("img/0.png\tAlpha\n\nimg/1.png\tBeta\nimg/missing.png\tGone\n")
-    index = prepare_shards([root], tmp_path / "shards", CS, progress=False)
-    assert index["num_samples"] == 2 and index["skipped"] == {"missing_image": 1}
-    assert [lab for _, _, lab in ShardReader(tmp_path / "shards")] == ["alpha", "beta"]
-
-
-def test_malformed_labels_file(tmp_path: Path) -> None:
-    root = tmp_path / "folder"
-    root.mkdir()
-    (root / "labels.tsv").write_text("a.png\tA\nno-tab-here\n")
-    with pytest.raises(InputError, match=r"labels.tsv:2: malformed line"):
-        prepare_shards([root], tmp_path / "shards", CS, progress=False)
-    assert not (tmp_path / "shards").exists()
-
-
-@pytest.mark.parametrize("kind", ["missing", "empty"])
-def test_bad_sources(tmp_path: Path, kind: str) -> None:
-    src = tmp_path / "src"
-    if kind == "empty":
-        src.mkdir()
-    with pytest.raises(InputError, match=str(src)):
-        prepare_shards([src], tmp_path / "out", CS, progress=False)
+def test_long_label_is_skipped_before_charset_filtering(tmp_path: Path) -> None:
+    """PARSeq's order: 27 characters (3 of them punctuation) are too long, although the 24
+    letters left by the 36-symbol filter would fit; the skip is counted by its reason."""
+    long = "abcdefgh.ijklmnop-qrstuvwx!"
+    db = write_lmdb(tmp_path / "db", [(text_image("ok"), "ok"), (text_image("long"), long)])
+    index = prepare_shards([db], tmp_path / "shards", CS, progress=False)
+    assert index.num_samples == 1 and index.skipped == {"label_too_long": 1}
+    assert json.loads((tmp_path / "shards" / "shards.json").read_text())["skipped"] == {
+        "label_too_long": 1
+    }
+    assert [lab for _, _, lab in ShardReader(tmp_path / "shards")] == ["ok"]
 
 
 def test_resume_after_crash(tmp_path: Path, monkeypatch) -> None:
@@ -93,7 +79,7 @@ def test_resume_after_crash(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(shards_mod, "_accepted", real_accepted)
     index = prepare_shards([db], out, CS, shard_size=4, progress=False)
-    assert index["num_samples"] == 12
+    assert index.num_samples == 12
     assert (out / "shard-000000.tar").stat().st_mtime_ns == first  # kept, not rewritten
     assert [lab for _, _, lab in ShardReader(out)] == words  # no duplicates, nothing lost
     with tarfile.open(out / "shard-000002.tar") as tar:
@@ -112,3 +98,126 @@ def test_reader_errors(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     with pytest.raises(InputError, match="shards.json: missing"):
         ShardReader(tmp_path / "x")
+
+
+def _crash_after(monkeypatch, accepted: int) -> None:
+    """Make the next prepare stop (as if killed) once `accepted` samples have been taken."""
+    real = shards_mod._accepted
+
+    def crashing(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if i == accepted:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(shards_mod, "_accepted", crashing)
+
+
+def _members(path: Path) -> int:
+    with tarfile.open(path) as tar:
+        return len([m for m in tar.getmembers() if m.name.endswith(".txt")])
+
+
+@pytest.mark.parametrize(("first", "then", "crash_at"), [(4, 5, 9), (4, 3, 9), (4, 8, 5)])
+def test_resume_with_another_shard_size_is_refused(
+    tmp_path: Path, monkeypatch, first: int, then: int, crash_at: int
+) -> None:
+    """Resuming with another --shard-size used to skip ``done × new size`` samples: duplicated
+    (or lost) samples and counts that disagree with the tars, exit 0. (4 → 8 after one finished
+    shard is known to be wrong only when the sources run past that shard's 4 samples.)"""
+    words = _words(12)
+    db = write_lmdb(tmp_path / "db", [(text_image(w), w) for w in words])
+    out = tmp_path / "shards"
+    _crash_after(monkeypatch, crash_at)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_shards([db], out, CS, shard_size=first, progress=False)
+    monkeypatch.undo()
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(InputError, match=rf"--shard-size {first} .*not {then};") as err:
+        prepare_shards([db], out, CS, shard_size=then, progress=False)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written or removed
+    index = prepare_shards([db], out, CS, shard_size=first, progress=False)
+    assert [lab for _, _, lab in ShardReader(out)] == words
+    assert [s.count for s in index.shards] == [_members(out / s.name) for s in index.shards]
+
+
+def test_rerun_without_index_adds_no_empty_shard(tmp_path: Path) -> None:
+    """All shards finished, ``shards.json`` lost: the rerun writes the index alone (an empty
+    extra ``shard-000003.tar`` appeared before), and a single short shard is consistent with
+    any larger --shard-size."""
+    db = write_lmdb(tmp_path / "db", [(text_image(w), w) for w in _words(10)])
+    out = tmp_path / "shards"
+    index = prepare_shards([db], out, CS, shard_size=4, progress=False)
+    (out / "shards.json").unlink()
+    again = prepare_shards([db], out, CS, shard_size=4, progress=False)
+    assert again == index
+    assert sorted(p.name for p in out.iterdir()) == [
+        "shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "shards.json"
+    ]  # fmt: skip
+
+    small = write_lmdb(tmp_path / "small", [(text_image(w), w) for w in _words(3)])
+    prepare_shards([small], tmp_path / "one", CS, shard_size=4, progress=False)
+    (tmp_path / "one" / "shards.json").unlink()
+    one = prepare_shards([small], tmp_path / "one", CS, shard_size=8, progress=False)
+    assert [s.count for s in one.shards] == [3]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
+        "shard-000000.tar",
+        "shards.json",
+    ]
+
+
+def test_finished_shards_beyond_the_sources_are_refused(tmp_path: Path) -> None:
+    db = write_lmdb(tmp_path / "db", [(text_image(w), w) for w in _words(8)])
+    out = tmp_path / "shards"
+    prepare_shards([db], out, CS, shard_size=4, progress=False)
+    (out / "shards.json").unlink()
+    fewer = write_lmdb(tmp_path / "fewer", [(text_image(w), w) for w in _words(4)])
+    with pytest.raises(InputError, match="holds 2 finished shards but these sources fill 1"):
+        prepare_shards([fewer], out, CS, shard_size=4, progress=False)
+    assert not (out / "shards.json").exists()
+
+
+def test_shard_size_must_be_positive(tmp_path: Path, small_lmdb: Path) -> None:
+    with pytest.raises(InputError, match="--shard-size 0: must be at least 1"):
+        prepare_shards([small_lmdb], tmp_path / "s", CS, shard_size=0, progress=False)
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_writing_shards(tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC in the middle of the second shard: one line, only the finished shard visible (no
+    temp file, no index), and the same command resumes once there is space."""
+    words = _words(12)
+    db = write_lmdb(tmp_path / "db", [(text_image(w), w) for w in words])
+    out = tmp_path / "shards"
+    real_write = wds.TarWriter.write
+    calls = []
+
+    def filling(self, obj):
+        calls.append(obj["__key__"])
+        if len(calls) == 6:
+            _disk_full()
+        return real_write(self, obj)
+
+    monkeypatch.setattr(wds.TarWriter, "write", filling)
+    with pytest.raises(InputError, match=r"disk full .*No space left on device.*resume") as err:
+        prepare_shards([db], out, CS, shard_size=4, progress=False)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar"]
+    monkeypatch.undo()
+    prepare_shards([db], out, CS, shard_size=4, progress=False)
+    assert [lab for _, _, lab in ShardReader(out)] == words
+
+
+def test_disk_full_while_writing_the_index(tmp_path: Path, monkeypatch, small_lmdb: Path) -> None:
+    out = tmp_path / "shards"
+    monkeypatch.setattr(Path, "write_text", _disk_full)
+    with pytest.raises(InputError, match="disk full"):
+        prepare_shards([small_lmdb], out, CS, shard_size=4, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar", "shard-000001.tar"]
+    monkeypatch.undo()
+    index = prepare_shards([small_lmdb], out, CS, shard_size=4, progress=False)
+    assert index.num_samples == 8 and len(list(out.iterdir())) == 3

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import string
+import warnings
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
+from torch import nn
 
 from clipocr.cache_teacher.char_tokenizer import BpeChars, CharVocab, tokenizer_from_spec
 from clipocr.cache_teacher.teacher import (
@@ -19,10 +24,13 @@ from clipocr.cache_teacher.teacher import (
     adapt_pos_embed,
     load_teacher,
     stage_blocks,
+    store_spec,
     to_storage_form,
 )
+from clipocr.cache_teacher.weights import ModelSpec
 from clipocr.pipeline.charset import CHARSETS
 from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.teacher_store import TeacherStore, TeacherStoreWriter
 
 CHARS36 = CHARSETS["36"]
 LABELS = ["a", "hello", "0123456789", "zz9", "abcdefghijklmnopqrstuvwxy"]  # lengths 1..25
@@ -341,3 +349,139 @@ def test_char_vocab_teacher_config(tmp_path):
     with torch.no_grad():
         ref = t.model.encode_text(t.tokenizer.encode(["abc", "x" * 25], 27))
     torch.testing.assert_close(feats["text_emb"], F.normalize(ref, dim=-1))
+
+
+# -- activation: OpenAI's weights mean QuickGELU ---------------------------------------------------
+
+
+def save_state(model: torch.nn.Module, path: Path) -> str:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+def save_openai_archive(model: torch.nn.Module, path: Path, torchscript: bool) -> str:
+    """`model`'s weights as OpenAI ships CLIP: a TorchScript archive whose state dict also holds
+    input_resolution / context_length / vocab_size; or that state dict saved as a plain dict."""
+    m = copy.deepcopy(model)
+    del m.context_length, m.vocab_size  # plain ints on open_clip's CLIP; entries in OpenAI's
+    for name, value in (("input_resolution", 224), ("context_length", 77), ("vocab_size", 49408)):
+        m.register_buffer(name, torch.tensor(value))
+    if torchscript:
+        with warnings.catch_warnings():  # tracer and deprecation chatter
+            warnings.simplefilter("ignore")
+            example = {"encode_image": torch.zeros(1, 3, 224, 224)}
+            archive = torch.jit.trace_module(m.eval(), example, check_trace=False)
+            torch.jit.save(archive, str(path))
+    else:
+        torch.save(m.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> tuple[nn.Module, Teacher]:
+    """A tiny random model built with QuickGELU, and the teacher made from it in memory."""
+    cfg = {**TINY_224, "quick_gelu": True}
+    torch.manual_seed(1)
+    model = open_clip.CLIP(**cfg).eval()
+    spec = ModelSpec(copy.deepcopy(cfg))
+    ref = Teacher(copy.deepcopy(model), tokenizer_from_spec(None, CHARS36), TeacherConfig(), spec)
+    return model, ref.eval().requires_grad_(False)
+
+
+def assert_same_features(a: Teacher, b: Teacher) -> None:
+    x = images(len(LABELS), seed=3)
+    fa, fb = a.features(x, LABELS), b.features(x, LABELS)
+    assert set(fa) == set(fb)
+    for key in fa:
+        assert torch.equal(fa[key], fb[key]), key
+
+
+def uses_quick_gelu(t: Teacher) -> bool:
+    acts = [b.mlp.gelu for b in t.model.visual.transformer.resblocks]
+    acts += [b.mlp.gelu for b in t.model.transformer.resblocks]
+    return all(isinstance(a, QuickGELU) for a in acts)
+
+
+@pytest.mark.parametrize("torchscript", [True, False], ids=["torchscript", "openai-keys"])
+def test_openai_checkpoint_from_a_local_file_builds_quick_gelu(tiny, quick, tmp_path, torchscript):
+    """The README recipe: a plain (GELU) model name + OpenAI's weights file → QuickGELU."""
+    model, ref = quick
+    path = save_openai_archive(model, tmp_path / "ViT-openai.pt", torchscript)
+    t = load_teacher(TeacherConfig(model=tiny[0], pretrained=path))
+    assert uses_quick_gelu(t)
+    fp = t.fingerprint()
+    assert fp["activation"] == "quick_gelu" and "OpenAI checkpoint" in fp["activation_source"]
+    assert_same_features(t, ref)
+
+
+def test_quickgelu_model_name_is_honoured(tiny, quick, tmp_path, monkeypatch, caplog):
+    """``<name>-quickgelu`` builds QuickGELU from a plain state dict (no OpenAI marks in it);
+    the plain name builds GELU (what the config says) and differs."""
+    model, ref = quick
+    registry = {"Tiny": copy.deepcopy(TINY_224)}
+    monkeypatch.setattr(open_clip, "get_model_config", lambda n: copy.deepcopy(registry.get(n)))
+    weights = save_state(model, tmp_path / "w.safetensors")
+    named = load_teacher(TeacherConfig(model="Tiny-quickgelu", pretrained=weights))
+    assert uses_quick_gelu(named) and named.fingerprint()["activation"] == "quick_gelu"
+    assert_same_features(named, ref)
+
+    # a plain name whose OpenAI tag says QuickGELU: GELU as configured, with a warning
+    monkeypatch.setattr(
+        open_clip,
+        "get_pretrained_cfg",
+        lambda m, tag: {"quick_gelu": True} if tag == "openai" else {},
+    )
+    plain = load_teacher(TeacherConfig(model="Tiny", pretrained=weights))
+    assert not uses_quick_gelu(plain) and plain.fingerprint()["activation"] == "gelu"
+    assert "name the model Tiny-quickgelu" in caplog.text
+    x = images(2)
+    assert not torch.equal(
+        plain.features(x, ["ab", "c"])["image_s3"], ref.features(x, ["ab", "c"])["image_s3"]
+    )
+    # ...and the architecture is the same content whether named or given as a JSON file
+    assert (
+        plain.fingerprint()["architecture_sha256"]
+        == load_teacher(TeacherConfig(model=tiny[0])).fingerprint()["architecture_sha256"]
+    )
+
+
+def test_store_of_the_other_activation_is_refused(quick, tmp_path, monkeypatch):
+    model, _ = quick
+    monkeypatch.setattr(open_clip, "get_model_config", lambda n: copy.deepcopy(TINY_224))
+    weights = save_state(model, tmp_path / "w.safetensors")
+    gelu = load_teacher(TeacherConfig(model="Tiny", pretrained=weights))
+    quick_t = load_teacher(TeacherConfig(model="Tiny-quickgelu", pretrained=weights))
+    root = tmp_path / "store"
+    TeacherStoreWriter(root, store_spec(gelu, "zstd"))
+    assert TeacherStore(root).manifest["teacher"]["activation"] == "gelu"
+    with pytest.raises(InputError, match=r"teacher\.activation: store 'gelu' != 'quick_gelu'"):
+        TeacherStoreWriter(root, store_spec(quick_t, "zstd"))
+    with pytest.raises(InputError, match="activation"):
+        TeacherStore(root).check_compatible({"teacher": store_spec(quick_t, "zstd").teacher})
+
+
+# -- identity: by content, never by path -----------------------------------------------------------
+
+
+def test_teacher_identity_is_content_not_path(tiny, tmp_path):
+    first = load_teacher(TeacherConfig(model=tiny[0], pretrained=tiny[1]))
+    root = tmp_path / "store"
+    TeacherStoreWriter(root, store_spec(first, "zstd"))
+    # a copy of the same files, and another spelling of the original paths: the same teacher
+    copies = tmp_path / "copy"
+    copies.mkdir()
+    config, weights = (shutil.copy(p, copies / Path(p).name) for p in tiny)
+    odd = Path(tiny[0]).parent / ".." / Path(tiny[0]).parent.name
+    for model, pretrained in ((config, weights), (odd / "tiny.json", odd / "tiny.safetensors")):
+        other = load_teacher(TeacherConfig(model=str(model), pretrained=str(pretrained)))
+        TeacherStoreWriter(root, store_spec(other, "zstd"))  # not refused
+        TeacherStore(root).check_compatible({"teacher": store_spec(other, "zstd").teacher})
+    manifest = TeacherStore(root).manifest
+    assert manifest["source"]["model"] == tiny[0] and manifest["source"]["pretrained"] == tiny[1]
+    assert tiny[0] not in json.dumps(manifest["teacher"])  # no path in what is compared
+    # different weights: refused
+    torch.manual_seed(7)
+    different = save_state(open_clip.CLIP(**TINY_224), tmp_path / "other.safetensors")
+    changed = load_teacher(TeacherConfig(model=tiny[0], pretrained=different))
+    with pytest.raises(InputError, match=r"teacher\.checksum"):
+        TeacherStoreWriter(root, store_spec(changed, "zstd"))

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +29,7 @@ def _cfg(data, out: Path, **kw) -> TrainConfig:
     shards, store = data
     base = dict(
         shards=str(shards), teacher_store=str(store), out=str(out), preset="test",
-        batch_size=8, workers=0, progress=False, ckpt_every=1000, log_every=1,
+        batch_size=8, workers=0, threads=1, progress=False, ckpt_every=1000, log_every=1,
     )  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
@@ -140,7 +142,7 @@ def test_no_distill_baseline_needs_no_store(data, tmp_path: Path) -> None:
     shards, _ = data
     cfg = TrainConfig(
         shards=str(shards), distill=False, out=str(tmp_path / "b"), preset="test",
-        batch_size=8, workers=0, max_steps=2, progress=False, log_every=1,
+        batch_size=8, workers=0, threads=1, max_steps=2, progress=False, log_every=1,
     )  # fmt: skip
     Trainer(cfg).run()
     assert set(_history(tmp_path / "b")[0]) == {"step", "ce", "loss", "grad_norm", "lr",
@@ -160,3 +162,109 @@ def test_config_file_and_flags_merge_into_heads(tmp_path: Path) -> None:
         TrainConfig.from_sources(None, {"shards": "s", "teacher_store": "t", "heads": {"x": 1}})
     with pytest.raises(InputError, match="loss_type"):
         TrainConfig(shards="s", teacher_store="t", heads={"loss_type": "l2"})
+
+
+def test_validation_is_the_callers_callable(data, tmp_path: Path) -> None:
+    """The trainer runs the validation it is handed (it imports no evaluator) every val_every
+    steps and at the end, and writes what it returns into the history."""
+    calls = []
+
+    def validate(student, device) -> dict[str, float]:
+        calls.append((student, device))
+        return {"val_acc/fake": 0.25 * len(calls)}
+
+    cfg = _cfg(data, tmp_path / "v", max_steps=5, val=["x"], val_every=2)
+    trainer = Trainer(cfg, validate=validate)
+    trainer.run()
+    vals = [r for r in _history(tmp_path / "v") if "val_acc/fake" in r]
+    assert [(r["step"], r["val_acc/fake"]) for r in vals] == [(2, 0.25), (4, 0.5), (5, 0.75)]
+    assert calls == [(trainer.student, torch.device("cpu"))] * 3
+
+
+def test_validation_sets_without_a_callable_are_skipped(data, tmp_path: Path, caplog) -> None:
+    trainer = Trainer(_cfg(data, tmp_path / "n", max_steps=2, val=["x"], val_every=1))
+    assert "no validation" in caplog.text
+    trainer.run()
+    assert not [r for r in _history(tmp_path / "n") if any(k.startswith("val_") for k in r)]
+    # and a callable without validation sets is not run either
+    never = Trainer(_cfg(data, tmp_path / "m", max_steps=1), validate=lambda s, d: 1 / 0)
+    never.run()
+
+
+def _store_with_form(data, tmp_path: Path, form: str) -> Path:
+    """A copy of the test store whose manifest records `form` (the values are random anyway)."""
+    store = tmp_path / f"store-{form}"
+    shutil.copytree(data[1], store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["form"] = form
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    return store
+
+
+def test_l1_on_a_normalised_store_is_refused(data, tmp_path: Path) -> None:
+    """Plain L1 would compare GAM with a unit-length text embedding: refused when the store is
+    opened, with the fix in one line; fine with a raw store, or with GAM off."""
+    normalised = _store_with_form(data, tmp_path, "normalised")
+    with pytest.raises(InputError, match="re-cache with `clipocr cache-teacher --form raw`") as e:
+        Trainer(_cfg(data, tmp_path / "a", teacher_store=str(normalised), max_steps=1,
+                     heads={"loss_type": "l1"}))  # fmt: skip
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(normalised))
+    raw = _store_with_form(data, tmp_path, "raw")
+    Trainer(_cfg(data, tmp_path / "b", teacher_store=str(raw), max_steps=1,
+                 heads={"loss_type": "l1"})).run()  # fmt: skip
+    Trainer(_cfg(data, tmp_path / "c", teacher_store=str(normalised), max_steps=1,
+                 heads={"loss_type": "l1", "use_gam": False})).run()  # fmt: skip
+    Trainer(_cfg(data, tmp_path / "d", teacher_store=str(normalised), max_steps=1)).run()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_no_loss_scaling_outside_fp16(data, tmp_path: Path, precision: str) -> None:
+    trainer = Trainer(_cfg(data, tmp_path / "p", max_steps=1, precision=precision))
+    assert not trainer.scaler.is_enabled()
+
+
+def test_fp16_scales_the_loss_and_resumes_exactly(data, tmp_path: Path) -> None:
+    """fp16 (autocast on CPU) trains through a GradScaler whose state is in the checkpoint: the
+    first steps overflow at the initial scale 2^16 and back it off, so a resume that restarted
+    the scaler would skip steps the uninterrupted run took."""
+    full = tmp_path / "full"
+    run = Trainer(_cfg(data, full, max_steps=6, ckpt_every=3, precision="fp16"))
+    assert run.scaler.is_enabled()
+    run.run()
+    saved = torch.load(checkpoint_dirs(full)[0] / "state.pt", weights_only=True)["scaler"]
+    assert saved["scale"] < 2.0**16  # backed off: the scaler really acted
+
+    cut = tmp_path / "cut"
+    Trainer(_cfg(data, cut, max_steps=6, ckpt_every=3, precision="fp16")).run()
+    shutil.rmtree(checkpoint_dirs(cut)[-1])
+    lines = (cut / "history.jsonl").read_text().splitlines()[:3]
+    (cut / "history.jsonl").write_text("\n".join(lines) + "\n")
+    resumed = Trainer(_cfg(data, cut, max_steps=6, ckpt_every=3, precision="fp16"), resume=True)
+    assert resumed.scaler.get_scale() == saved["scale"]
+    resumed.run()
+    assert resumed.scaler.state_dict() == run.scaler.state_dict()
+    for ra, rb in zip(_history(full), _history(cut), strict=True):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6)
+    wa, wb = load_file(full / "student.safetensors"), load_file(cut / "student.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cpu_threads_leave_a_core_per_worker(data, tmp_path: Path, monkeypatch, torch_threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    Trainer(_cfg(data, tmp_path / "a", max_steps=1, threads=None, workers=1))
+    assert torch.get_num_threads() == 2
+    Trainer(_cfg(data, tmp_path / "b", max_steps=1, threads=None, workers=0))
+    assert torch.get_num_threads() == 3
+    Trainer(_cfg(data, tmp_path / "c", max_steps=1, threads=1, workers=0))
+    assert torch.get_num_threads() == 1
+    with pytest.raises(InputError, match="threads must be >= 1"):
+        _cfg(data, tmp_path / "d", threads=0)
+    assert "threads" in TrainConfig.RESUMABLE_CHANGES

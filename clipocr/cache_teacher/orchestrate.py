@@ -22,11 +22,10 @@ from distributed import Client, LocalCluster, as_completed, get_worker
 from tqdm import tqdm
 
 from clipocr.cache_teacher.runner import RunnerConfig, cache_shard
-from clipocr.cache_teacher.teacher import Teacher, TeacherConfig, load_teacher
+from clipocr.cache_teacher.teacher import Teacher, TeacherConfig, load_teacher, store_spec
 from clipocr.pipeline.errors import InputError
-from clipocr.pipeline.preprocess import IMG_H, IMG_W
 from clipocr.pipeline.shards import load_index, shard_paths
-from clipocr.pipeline.teacher_store import StoreSpec, TeacherStoreWriter, shard_group_name
+from clipocr.pipeline.teacher_store import TeacherStoreWriter, shard_group_name
 
 log = logging.getLogger(__name__)
 # dask's scheduler/worker INFO chatter would bury the progress bars.
@@ -42,31 +41,6 @@ class CacheJob:
     teacher: TeacherConfig
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     device: str = "auto"  # auto = the worker's GPU if any, else CPU
-
-
-def store_spec(teacher: Teacher, codec: str) -> StoreSpec:
-    """The manifest fields that make two stores interchangeable (DESIGN §5)."""
-    fp = teacher.fingerprint()
-    return StoreSpec(
-        teacher={
-            "model": fp["model"],
-            "pretrained": fp["pretrained"],
-            "checksum": fp["weights_sha256"],
-            "fingerprint": fp,
-        },
-        preprocessing={
-            "image_size": [IMG_H, IMG_W],
-            "resize": "bicubic, aspect not kept",
-            "mean": fp["mean"],
-            "std": fp["std"],
-            "pos_embed": fp["pos_embed"],
-            "context_length": fp["context_length"],
-        },
-        dims=teacher.dims,
-        form=teacher.cfg.form,
-        codec=codec,
-        charset=teacher.cfg.charset,
-    )
 
 
 def _worker_device(requested: str) -> torch.device:
@@ -110,6 +84,26 @@ def _client(scheduler: str | None, workers: int | None, processes: bool) -> Clie
     return Client(cluster)
 
 
+@dataclass
+class CacheResult:
+    """What a `run_cache` call did: shards found, already complete, cached now, and failed."""
+
+    shards: int  # shards in the shard folder
+    already_done: int  # complete in the store before this run (skipped)
+    done: list[dict] = field(default_factory=list)  # `cache_shard`'s summary of each shard cached
+    failed: dict[str, str] = field(default_factory=dict)  # shard file name -> error
+
+    @property
+    def samples(self) -> int:
+        """Samples cached by this run (undecodable ones not included)."""
+        return sum(r["count"] or 0 for r in self.done)
+
+    @property
+    def missing(self) -> int:
+        """Undecodable samples this run recorded as missing."""
+        return sum(len(r["missing"]) for r in self.done)
+
+
 def run_cache(
     job: CacheJob,
     scheduler: str | None = None,
@@ -117,8 +111,9 @@ def run_cache(
     processes: bool = True,
     retries: int = 2,
     progress: bool = True,
-) -> dict:
-    """Cache every shard of `job.shards` not yet in the store; returns a summary."""
+) -> CacheResult:
+    """Cache every shard of `job.shards` not yet in the store; failed shards are reported in
+    the result, never raised, so the other shards' work is kept."""
     index = load_index(job.shards)
     paths = shard_paths(job.shards)
     if index["charset"] != job.teacher.charset:
@@ -132,8 +127,7 @@ def run_cache(
     del driver_teacher
     counts = {shard_group_name(s["name"]): int(s["count"]) for s in index["shards"]}
     pending = [str(p) for p in paths if not writer.is_complete(shard_group_name(p))]
-    summary = {"shards": len(paths), "already_done": len(paths) - len(pending), "done": [],
-               "failed": {}}  # fmt: skip
+    summary = CacheResult(shards=len(paths), already_done=len(paths) - len(pending))
     if not pending:
         return summary
     bar = tqdm(
@@ -149,11 +143,11 @@ def run_cache(
             shard = shard_of[future.key]
             if future.status == "error":
                 err = future.exception()
-                summary["failed"][Path(shard).name] = f"{type(err).__name__}: {err}"
+                summary.failed[Path(shard).name] = f"{type(err).__name__}: {err}"
                 log.error("%s: failed after %d retries: %s", shard, retries, err)
             else:
                 result = future.result()
-                summary["done"].append(result)
+                summary.done.append(result)
             bar.update(counts[shard_group_name(shard)])
     bar.close()
     return summary

@@ -50,7 +50,7 @@ class _ShardImages(Dataset):
     def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str]:
         key, data, label = self.samples[i]
         try:
-            return key, load_uint8(data), label
+            return key, load_uint8(data, draft=True), label
         except Exception as err:
             log.warning("sample %s: undecodable image (%s); recorded as missing", key, err)
             return key, None, label

@@ -2,7 +2,8 @@
 
 DESIGN §4. Any open_clip model with a ViT image tower and a causal text transformer works: a
 registered name (``ViT-B-16``) or a JSON model config, with `pretrained` a local weights file or —
-only when the user names one — a pretrained tag that open_clip may download. Two details matter:
+only when the user names one — a pretrained tag that open_clip may download (`weights` resolves
+both and settles the activation: QuickGELU for OpenAI's weights). Two details matter:
 
 * **Image tower at 32×128.** A CLIP ViT learnt its positional embedding on a square grid (14×14
   for ViT-B/16 at 224). ``pos_embed="crop"`` (default, as the official CLIP-OCR code does) keeps
@@ -18,14 +19,12 @@ projected text embedding. We run the blocks ourselves rather than through hooks 
 can stop after its last tap (a quarter of its compute saved) and the text tower runs at context 27.
 
 Features come out in a *storage form* (DESIGN §5): ``normalised`` (per-token LayerNorm without
-affine on the stage taps, unit-length `text_emb`; the default) or ``raw``.
+affine on the stage taps, unit-length `text_emb`; the default) or ``raw``. `store_spec` describes a
+teacher to the store by content (architecture, weights checksum, activation), never by path.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,21 +37,32 @@ from open_clip.utils import to_2tuple
 from torch import nn
 
 from clipocr.cache_teacher.char_tokenizer import CharTokenizer, tokenizer_from_spec
+from clipocr.cache_teacher.weights import (
+    ModelSpec,
+    build_model,
+    load_weights,
+    resolve_model_spec,
+    resolve_weights,
+    sha256_file,
+)
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.preprocess import IMG_H, IMG_W, normalize
+from clipocr.pipeline.teacher_store import StoreSpec
 
 log = logging.getLogger(__name__)
 
 ASSETS_TEACHER = Path(__file__).resolve().parents[1] / "assets" / "teacher"
 DEMO_TEACHER_CONFIG = ASSETS_TEACHER / "teacher.json"
 DEMO_TEACHER_WEIGHTS = ASSETS_TEACHER / "teacher.safetensors"
-TEACHER_FORMAT = "clipocr-teacher/1"
 
 POS_EMBED_MODES = ("crop", "interpolate")
 STORAGE_FORMS = ("normalised", "raw")
 LN_EPS = 1e-5
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+# Fingerprint entries that say where a teacher came from, not what it is: recorded in the store
+# manifest's ``source`` and never compared, so two paths to (or copies of) the same files are
+# one teacher. The teacher is identified by its architecture and weights checksum.
+PROVENANCE = ("model", "pretrained", "config_sha256", "activation_source")
 
 
 @dataclass(frozen=True)
@@ -70,124 +80,6 @@ class TeacherConfig:
 DEFAULT_DEMO_TEACHER = TeacherConfig(
     model=str(DEMO_TEACHER_CONFIG), pretrained=str(DEMO_TEACHER_WEIGHTS)
 )
-
-
-# ------------------------------------------------------------------------------------------------
-# model config and weights resolution
-
-
-@dataclass
-class ModelSpec:
-    """A resolved model: open_clip config plus what open_clip configs cannot carry."""
-
-    open_clip_config: dict
-    tokenizer: dict | None = None  # None: OpenAI BPE
-    mean: tuple[float, ...] = open_clip.OPENAI_DATASET_MEAN
-    std: tuple[float, ...] = open_clip.OPENAI_DATASET_STD
-    config_sha256: str | None = None
-
-
-def teacher_config_json(open_clip_config: dict, tokenizer: dict, mean, std) -> dict:
-    """The clipocr teacher config format: an open_clip config with its tokenizer and mean/std.
-
-    open_clip's ``CLIP(**cfg)`` rejects unknown keys, so the tokenizer cannot live inside the
-    open_clip config; this wrapper carries it alongside, and `load_teacher` reads both.
-    """
-    return {
-        "format": TEACHER_FORMAT,
-        "open_clip_config": open_clip_config,
-        "tokenizer": tokenizer,
-        "preprocess": {"mean": list(mean), "std": list(std)},
-    }
-
-
-def resolve_model_spec(model: str) -> ModelSpec:
-    """A registered open_clip name, or a JSON file (clipocr teacher format or open_clip's)."""
-    path = Path(model).expanduser()
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise InputError(f"{path}: no such model config file")
-        data = path.read_bytes()
-        try:
-            raw = json.loads(data)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: not a JSON model config ({err})") from None
-        sha = hashlib.sha256(data).hexdigest()
-        if isinstance(raw, dict) and "open_clip_config" in raw:
-            pre = raw.get("preprocess", {})
-            return ModelSpec(
-                raw["open_clip_config"],
-                raw.get("tokenizer"),
-                tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
-                tuple(pre.get("std", open_clip.OPENAI_DATASET_STD)),
-                sha,
-            )
-        if isinstance(raw, dict) and {"embed_dim", "vision_cfg", "text_cfg"} <= raw.keys():
-            return ModelSpec(raw, config_sha256=sha)
-        raise InputError(f"{path}: neither a clipocr teacher config nor an open_clip model config")
-    cfg = open_clip.get_model_config(model)
-    if cfg is None:
-        raise InputError(
-            f"unknown open_clip model {model!r}: give a name from open_clip.list_models() or a "
-            "path to a model config JSON"
-        )
-    return ModelSpec(cfg)
-
-
-def build_model(open_clip_config: dict) -> nn.Module:
-    """Instantiate open_clip's CLIP / CustomTextCLIP from a config, randomly initialised."""
-    cfg = copy.deepcopy(open_clip_config)
-    if "multimodal_cfg" in cfg:
-        raise InputError("CoCa models are not supported as teachers (no CLIP text embedding)")
-    custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
-    cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
-    return cls(**cfg)
-
-
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or "\\" in value or value.endswith(WEIGHT_SUFFIXES)
-
-
-def resolve_weights(model: str, pretrained: str, spec: ModelSpec) -> Path:
-    """Local weights file, or the file of a pretrained tag the user named (downloads if needed)."""
-    path = Path(pretrained).expanduser()
-    if path.is_file():
-        return path
-    tag_cfg = open_clip.get_pretrained_cfg(model, pretrained) if not _looks_like_path(model) else {}
-    if not tag_cfg:
-        if _looks_like_path(pretrained):
-            raise InputError(f"{path}: no such weights file")
-        tags = open_clip.list_pretrained_tags_by_model(model)
-        raise InputError(
-            f"--clip-pretrained {pretrained!r} is neither a weights file nor a pretrained tag of "
-            f"{model} (tags: {', '.join(tags) or 'none'})"
-        )
-    # The user asked for a named tag: this is the only place a download may happen.
-    if tag_cfg.get("quick_gelu"):
-        spec.open_clip_config["quick_gelu"] = True
-    spec.mean = tuple(tag_cfg.get("mean", spec.mean))
-    spec.std = tuple(tag_cfg.get("std", spec.std))
-    try:
-        return Path(open_clip.download_pretrained(tag_cfg))
-    except Exception as err:  # network / hub errors come in many types
-        raise InputError(f"cannot fetch weights for {model} tag {pretrained!r}: {err}") from None
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a checkpoint strictly (safetensors, or torch.load with ``weights_only=True``)."""
-    try:
-        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
-    except Exception as err:  # corrupt files raise pickle/zip/safetensors/key errors alike
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: cannot load teacher weights ({first})") from None
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,11 +264,14 @@ class Teacher(nn.Module):
         }
 
     def fingerprint(self) -> dict:
-        """Everything that changes the cached targets; goes into the store manifest."""
+        """Everything that changes the cached targets, plus where it came from (`PROVENANCE`)."""
         return {
             "model": self.cfg.model,
             "config_sha256": self.spec.config_sha256,
             "pretrained": self.cfg.pretrained,
+            "activation_source": self.spec.activation_source,
+            "architecture_sha256": self.spec.architecture_sha256,
+            "activation": self.spec.activation,
             "weights_sha256": self.weights_sha256,
             "pos_embed": self.cfg.pos_embed,
             "grid": list(self.grid),
@@ -432,6 +327,36 @@ class Teacher(nn.Module):
         out = to_storage_form(out, self.cfg.form)
         out["text_lengths"] = lengths + 1
         return out
+
+
+def store_spec(teacher: Teacher, codec: str) -> StoreSpec:
+    """The manifest fields that make two stores interchangeable (DESIGN §5).
+
+    The teacher is identified by content — architecture, weights checksum, activation and how it
+    is adapted — and never by path: what `PROVENANCE` names goes to the spec's ``source``.
+    """
+    fp = teacher.fingerprint()
+    return StoreSpec(
+        teacher={
+            "architecture_sha256": fp["architecture_sha256"],
+            "checksum": fp["weights_sha256"],
+            "activation": fp["activation"],
+            "fingerprint": {k: v for k, v in fp.items() if k not in PROVENANCE},
+        },
+        preprocessing={
+            "image_size": [IMG_H, IMG_W],
+            "resize": "bicubic, aspect not kept",
+            "mean": fp["mean"],
+            "std": fp["std"],
+            "pos_embed": fp["pos_embed"],
+            "context_length": fp["context_length"],
+        },
+        dims=teacher.dims,
+        form=teacher.cfg.form,
+        codec=codec,
+        charset=teacher.cfg.charset,
+        source={k: fp[k] for k in PROVENANCE},
+    )
 
 
 def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu") -> Teacher:

@@ -29,6 +29,7 @@ def run_app(app: typer.Typer, prog_name: str) -> None:
     value); a traceback is kept for real bugs.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("clipocr").setLevel(logging.INFO)  # our own notes (threads, sizes) show
     try:
         app(prog_name=prog_name)
     except InputError as err:

@@ -33,12 +33,12 @@ def synth(
     cs = Charset.from_name(charset)
     meta = render_lmdb(out, num=num, seed=seed, charset=cs, style=style, fonts_dir=fonts)
     typer.echo(
-        f"wrote {meta['num_samples']} images to {out} "
-        f"({len(meta['fonts'])} faces, {meta['images_per_s']:.0f} img/s)"
+        f"wrote {meta.num_samples} images to {out} "
+        f"({len(meta.fonts)} faces, {meta.images_per_s:.0f} img/s)"
     )
     if shards is not None:
         index = prepare_shards([out], shards, cs)
-        typer.echo(f"prepared {index['num_samples']} samples into {len(index['shards'])} shards")
+        typer.echo(f"prepared {index.num_samples} samples into {len(index.shards)} shards")
 
 
 def prepare(
@@ -65,6 +65,6 @@ def prepare(
         [*(lmdb or []), *(folder or [])], out, Charset.from_name(charset), shard_size
     )
     typer.echo(
-        f"prepared {index['num_samples']} samples into {len(index['shards'])} shards at {out}; "
-        f"skipped: {index['skipped'] or 'none'}"
+        f"prepared {index.num_samples} samples into {len(index.shards)} shards at {out}; "
+        f"skipped: {index.skipped or 'none'}"
     )

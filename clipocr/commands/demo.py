@@ -55,7 +55,7 @@ def _real_lmdbs(real_root: Path, data: Path, count: int, seed: int) -> list[Path
     import random
 
     from clipocr.pipeline.lmdb_io import LmdbWriter
-    from clipocr.pipeline.shards import ImageFolderSource
+    from clipocr.pipeline.sources import ImageFolderSource
 
     made = []
     for name in REAL_TRAIN_SETS:

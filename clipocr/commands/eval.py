@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from clipocr.commands.common import run_app
+from clipocr.commands.common import ThreadsOption, run_app
 from clipocr.pipeline.errors import InputError
 
 if TYPE_CHECKING:
-    from clipocr.evaluate.benchmark import Report, Speed
+    from clipocr.evaluate.results import Report, Speed
 
 TEST_CHARSETS = ("36", "62", "94")
 
@@ -55,6 +55,7 @@ def run_evaluation(
     limit: int | None = None,
     speed: bool = True,
     echo: bool = True,
+    threads: int | None = None,
 ) -> Evaluation:
     """Load the student, evaluate it on every LMDB under `data`, optionally time it."""
     if charset not in TEST_CHARSETS:
@@ -65,13 +66,9 @@ def run_evaluation(
 
     import torch
 
-    from clipocr.evaluate.benchmark import (
-        PROTOCOL_CHARSET,
-        discover_lmdbs,
-        evaluate,
-        first_images,
-        measure_speed,
-    )
+    from clipocr.evaluate.benchmark import evaluate, first_images, measure_speed
+    from clipocr.evaluate.datasets import discover_lmdbs
+    from clipocr.evaluate.results import PROTOCOL_CHARSET
     from clipocr.train_student.checkpoint import load_student
 
     found = discover_lmdbs(data, names or [])
@@ -141,6 +138,7 @@ def evaluate_command(
     speed: Annotated[
         bool, typer.Option(help="Time ms/image at batch 1 and images/s at --batch-size.")
     ] = True,
+    threads: ThreadsOption = None,
 ) -> None:
     """Evaluate a student on every LMDB under --data with PARSeq's test protocol."""
     if average not in ("sub", "full"):
@@ -150,7 +148,7 @@ def evaluate_command(
 
     result = run_evaluation(
         checkpoint, data, names=names, charset=charset, batch_size=batch_size, device=device,
-        limit=limit, speed=speed,
+        limit=limit, speed=speed, threads=threads,
     )  # fmt: skip
     report = result.report
     for cs in report.charsets:

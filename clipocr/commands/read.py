@@ -32,14 +32,16 @@ def read(
     A file that cannot be read is reported on stderr and the others are still read; the exit
     code is 1 if any file failed.
     """
+    import torch
+
     from clipocr.commands.eval import resolve_device
     from clipocr.evaluate.read import image_files, read_images
-    from clipocr.pipeline.threads import apply_cpu_threads
+    from clipocr.pipeline.threads import cpu_threads
     from clipocr.train_student.checkpoint import load_student
 
     dev = resolve_device(device)
     if dev == "cpu":
-        apply_cpu_threads(workers=0, threads=threads)
+        torch.set_num_threads(cpu_threads(workers=0, threads=threads).intra_op)
     files = image_files(paths)
     if not files:
         raise InputError(f"{', '.join(map(str, paths))}: no image files found")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from clipocr.commands.common import CharsetOption, SeedOption
+from clipocr.commands.common import CHARSET_HELP
 
 _TEACHER = "Teacher"
 _RUN = "Run"
@@ -122,15 +122,12 @@ def cache_teacher(
     )
     if "://" not in str(out):
         (Path(out) / "cache-config.json").write_text(json.dumps(asdict(job), indent=2) + "\n")
-    done = summary["done"]
-    n = sum(r["count"] or 0 for r in done)
-    missing = sum(len(r["missing"]) for r in done)
     typer.echo(
-        f"cached {n} samples from {len(done)} shard(s) into {out} "
-        f"({summary['already_done']} already done, {missing} undecodable recorded as missing)"
+        f"cached {summary.samples} samples from {len(summary.done)} shard(s) into {out} "
+        f"({summary.already_done} already done, {summary.missing} undecodable recorded as missing)"
     )
-    if summary["failed"]:
-        for shard, err in summary["failed"].items():
+    if summary.failed:
+        for shard, err in summary.failed.items():
             typer.secho(f"failed: {shard}: {err}", err=True, fg="red")
         raise typer.Exit(1)
 
@@ -146,22 +143,34 @@ def _verify(store_path: Path, shards: Path | None) -> None:
 
 
 def teacher_pretrain(
-    data: Annotated[list[Path], typer.Option(help="LMDB of rendered training words (repeatable).")],
-    out: Annotated[Path, typer.Option(help="Folder for the teacher config, weights, history.")],
+    data: Annotated[
+        list[Path] | None, typer.Option(help="LMDB of rendered training words (repeatable).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the teacher config, weights, history.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file of PretrainConfig values (e.g. a run's pretrain_args.json); flags "
+            "override it."
+        ),
+    ] = None,
     val: Annotated[
         Path | None, typer.Option(help="LMDB of held-out words for retrieval accuracy.")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Step budget (reproducible).")] = None,
     minutes: Annotated[float | None, typer.Option(help="Wall-time budget.")] = None,
-    batch_size: Annotated[int, typer.Option()] = 128,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 200,
+    batch_size: Annotated[int | None, typer.Option(help="[default: 128]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak lr. [default: 1e-3]")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Linear warm-up steps. [default: 200]")] = None,
     ctc_weight: Annotated[
-        float, typer.Option(help="Weight of the auxiliary per-character CTC loss (0 = off).")
-    ] = 1.0,
-    seed: SeedOption = 0,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
-    charset: CharsetOption = "36",
+        float | None,
+        typer.Option(help="Weight of the auxiliary per-character CTC loss (0 = off). [default: 1]"),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed. [default: 0]")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads. [default: 1]")] = None,
+    charset: Annotated[str | None, typer.Option(help=CHARSET_HELP)] = None,
 ) -> None:
     """Train a small character-level CLIP on rendered words: a real teacher for offline demos.
 
@@ -169,14 +178,13 @@ def teacher_pretrain(
     (teacher.safetensors) that `cache-teacher --clip-model OUT/teacher.json --clip-pretrained
     OUT/teacher.safetensors` loads like any open_clip model, plus history and retrieval accuracy.
     """
+    given = dict(locals())
+    given.pop("config")
     import shlex
     import sys
 
-    from clipocr.cache_teacher.pretrain import pretrain
+    from clipocr.cache_teacher.pretrain import PretrainConfig, pretrain
 
-    result = pretrain(
-        data, out, val=val, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr,
-        warmup=warmup, ctc_weight=ctc_weight, seed=seed, threads=threads, charset=charset,
-        command=" ".join(["clipocr", *map(shlex.quote, sys.argv[1:])]),
-    )  # fmt: skip
-    typer.echo(json.dumps(result, indent=2, default=str))
+    given["command"] = " ".join(["clipocr", *map(shlex.quote, sys.argv[1:])])
+    result = pretrain(PretrainConfig.from_sources(config, given))
+    typer.echo(json.dumps(result.to_dict(), indent=2, default=str))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from clipocr.commands.common import CHARSET_HELP
+from clipocr.commands.common import CHARSET_HELP, ThreadsOption
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +92,7 @@ def train(
     workers: Annotated[
         int | None, typer.Option(help="DataLoader worker processes.", rich_help_panel=_DATA)
     ] = None,
+    threads: ThreadsOption = None,
     augment: Annotated[
         bool | None, typer.Option("--augment/--no-augment", rich_help_panel=_DATA)
     ] = None,

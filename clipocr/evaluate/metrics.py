@@ -1,9 +1,10 @@
 """Per-sample scoring and per-dataset tallies under PARSeq's test protocol (DESIGN §7).
 
 Every published STR number (PARSeq, CLIP-OCR) is computed this way, so matching it exactly is what
-makes our figures comparable: the label is prepared with `Charset.prepare_test` (too-long labels
-dropped *before* filtering, then case-folded and filtered; empty ones dropped), the prediction goes
-through the same `Charset.filter`, and then
+makes our figures comparable: the label is prepared with `Charset.prepare_test` (whitespace
+removed, NFKD → ASCII, too-long labels dropped *before* filtering, then case-folded and filtered;
+empty ones dropped), the raw prediction goes through `Charset.filter` alone (case-fold and
+removal, no Unicode normalisation, as PARSeq's `CharsetAdapter`), and then
 
 - word accuracy  = exact match of the two strings,
 - 1 − NED        with NED = edit distance / max(len(pred), len(gt)) (ICDAR 2019),

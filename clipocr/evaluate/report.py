@@ -14,19 +14,15 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from clipocr.evaluate.benchmark import (
+from clipocr.evaluate.datasets import (
     COMBINED,
     EXPECTED_SAMPLES,
     GROUP_COMMON,
     GROUP_HARD,
     GROUP_OTHER,
-    PROTOCOL_CHARSET,
-    Report,
-    Row,
-    Sample,
-    Speed,
 )
 from clipocr.evaluate.metrics import Score
+from clipocr.evaluate.results import PROTOCOL_CHARSET, Report, Row, Sample, Speed
 from clipocr.pipeline.lmdb_io import LmdbReader
 from clipocr.pipeline.preprocess import decode_image
 

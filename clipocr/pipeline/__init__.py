@@ -1,5 +1,11 @@
 """Data plumbing shared by every job: labels, LMDB/WebDataset io, preprocessing, the teacher store.
 
-This package sits at the bottom of the dependency graph: it imports nothing from `cache_teacher`,
-`train_student` or `evaluate`, so both jobs can rely on it without importing each other.
+Owns: charset and label preparation (PARSeq's order, DESIGN §3), STR LMDB and tar-shard io,
+image decoding and the one 32×128 resize, the teacher-store format (`teacher_store/`, the one
+contract between caching and training, DESIGN §5), rendered words (`synth/`), and the small
+job-wide helpers (CPU threads, typed config files, autocast policy, `InputError`).
+
+May import: nothing from clipocr outside itself — no `cache_teacher`, `train_student`,
+`evaluate` or `commands` — and neither open_clip nor typer, so both jobs can rely on it without
+importing each other.
 """

@@ -1,9 +1,12 @@
 """Charsets, label preparation and token ids.
 
 Label preparation follows PARSeq's `LmdbDataset` (DESIGN §3), the convention every STR number is
-reported under: strip whitespace, NFKD-normalise and drop non-ASCII, case-fold when the charset has
-no upper case, *remove* symbols outside the charset, then reject (never truncate) a label that is
-empty or longer than `max_len`. Rejections carry a reason so callers can count them.
+reported under, in its order: strip whitespace, NFKD-normalise and drop non-ASCII, reject a label
+longer than `max_len` *here* (before any charset filtering: "the original label might be too
+long"), case-fold when the charset has no upper case and *remove* symbols outside the charset,
+then reject a label left empty. Never truncated; rejections carry a reason so callers can count
+them. Training and test labels are prepared alike; predictions get the charset filter alone (as
+PARSeq's `CharsetAdapter` does: no Unicode normalisation, so ``héllo`` scores as ``hllo``).
 
 Token ids (shared by the student, its datasets and the evaluator):
 ``0 = EOS``, ``1..C = characters``, ``C+1 = BOS``, ``C+2 = PAD``. The classifier predicts
@@ -28,6 +31,12 @@ MAX_LABEL_LEN = 25
 # Reasons a label is rejected; callers count them by these names.
 REASON_EMPTY = "empty"
 REASON_TOO_LONG = "too_long"
+
+
+def normalize_label(label: str) -> str:
+    """Whitespace removed, NFKD-normalised, non-ASCII dropped: the form whose length is checked."""
+    text = "".join(label.split())
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
 
 
 class LabelRejected(ValueError):
@@ -80,28 +89,30 @@ class Charset:
 
     # labels ---------------------------------------------------------------------------------
     def filter(self, text: str) -> str:
-        """Normalise and keep only charset symbols, without length checks (used on predictions)."""
-        text = "".join(text.split())
-        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+        """PARSeq's `CharsetAdapter`: case-fold for a lower-case charset, keep only its symbols.
+
+        Applied raw to predictions (no Unicode normalisation: ``héllo`` → ``hllo``), and to
+        labels after `normalize_label`."""
         if self.lowercase_only:
             text = text.lower()
         return "".join(c for c in text if c in self._index)
 
     def prepare(self, label: str) -> str:
         """Return the trainable form of `label` or raise `LabelRejected` (DESIGN §3)."""
-        text = self.filter(label)
-        if not text:
-            raise LabelRejected(REASON_EMPTY, label)
+        text = normalize_label(label)
         if len(text) > self.max_len:
             raise LabelRejected(REASON_TOO_LONG, label)
+        text = self.filter(text)
+        if not text:
+            raise LabelRejected(REASON_EMPTY, label)
         return text
 
     def prepare_test(self, label: str) -> str | None:
-        """PARSeq's test protocol: drop labels longer than max_len *before* filtering."""
-        if len("".join(label.split())) > self.max_len:
+        """The same preparation for a test label, None where the protocol drops it."""
+        try:
+            return self.prepare(label)
+        except LabelRejected:
             return None
-        text = self.filter(label)
-        return text or None
 
     # tokens ---------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

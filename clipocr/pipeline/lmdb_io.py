@@ -1,8 +1,11 @@
 """The common STR LMDB format: ``num-samples``, ``image-%09d``, ``label-%09d`` with 1-based keys.
 
 This is how MJSynth, SynthText and every benchmark test set are distributed. The reader never
-crashes mid-epoch on a bad record: a missing label or undecodable image is skipped with a warning
-naming the LMDB and the index, and counted in `LmdbReader.skipped`.
+crashes mid-epoch on a bad record: a missing or non-UTF-8 label or an undecodable image is skipped
+with a warning naming the LMDB and the index, and counted in `LmdbReader.skipped` (a label is never
+guessed by replacing its bad bytes). A ``data.mdb`` shorter than the pages LMDB records is refused
+on open: LMDB memory-maps the file, and reading a page past its end kills the process (SIGBUS).
+A damaged page (LMDB's ``MDB_CORRUPTED``) is an `InputError` naming the LMDB and the key.
 """
 
 from __future__ import annotations
@@ -25,10 +28,18 @@ log = logging.getLogger(__name__)
 SKIP_MISSING_IMAGE = "missing_image"
 SKIP_MISSING_LABEL = "missing_label"
 SKIP_CORRUPT_IMAGE = "corrupt_image"
+SKIP_LABEL_NOT_UTF8 = "label_not_utf8"
 
 
 def is_lmdb_dir(path: Path) -> bool:
     return (path / "data.mdb").is_file()
+
+
+def _utf8(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class LmdbReader:
@@ -46,15 +57,47 @@ class LmdbReader:
             )
         except lmdb.Error as err:
             raise InputError(f"{self.path}: cannot open LMDB ({err})") from None
+        try:  # py-lmdb refuses to open an environment twice: never leave a refused one open
+            self._check_size()
+            self.num_samples = self._num_samples()
+        except BaseException:
+            self._env.close()
+            raise
+        self.skipped: Counter[str] = Counter()
+
+    def _check_size(self) -> None:
+        """Refuse a truncated ``data.mdb`` (a partial copy or download) before any page is read.
+
+        The meta pages give the last page in use; the file must reach its end."""
+        data = self.path / "data.mdb"
+        need = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+        have = data.stat().st_size
+        if have < need:
+            raise InputError(
+                f"{data}: truncated ({have} of {need} bytes that its LMDB pages need); "
+                "copy or download it again"
+            )
+
+    def _get(self, txn: lmdb.Transaction, key: bytes) -> bytes | None:
+        """`txn.get`, with a damaged B-tree page (not one bad record: it loses a whole range of
+        them, and LMDB has no checksums to find which) reported as bad input."""
+        try:
+            return txn.get(key)
+        except lmdb.Error as err:
+            raise InputError(
+                f"{self.path}: LMDB corrupted at key {key.decode()} ({err}); "
+                "copy or download it again"
+            ) from None
+
+    def _num_samples(self) -> int:
         with self._env.begin() as txn:
-            raw = txn.get(b"num-samples")
+            raw = self._get(txn, b"num-samples")
         if raw is None:
             raise InputError(f"{self.path}: LMDB has no 'num-samples' key")
         try:
-            self.num_samples = int(raw)
+            return int(raw)
         except ValueError:
             raise InputError(f"{self.path}: 'num-samples' is not an integer: {raw!r}") from None
-        self.skipped: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return self.num_samples
@@ -66,24 +109,27 @@ class LmdbReader:
     def iter_raw(self, skip_bad: bool = True) -> Iterator[tuple[int, bytes | None, str | None]]:
         """Yield ``(index, image_bytes, label)`` in order, without decoding.
 
-        With `skip_bad`, records missing either part are skipped (and counted); without it they
-        are yielded with ``None`` so an evaluator can count them as wrong instead.
+        With `skip_bad`, records missing either part or with a non-UTF-8 label are skipped (and
+        counted); without it they are yielded with ``None`` in place of the missing or undecodable
+        part, so an evaluator can count them instead of scoring a guess.
         """
         with self._env.begin() as txn:
             for index in range(1, self.num_samples + 1):
-                label = txn.get(b"label-%09d" % index)
-                image = txn.get(b"image-%09d" % index)
-                if skip_bad and label is None:
+                raw_label = self._get(txn, b"label-%09d" % index)
+                image = self._get(txn, b"image-%09d" % index)
+                if skip_bad and raw_label is None:
                     self._skip(index, SKIP_MISSING_LABEL)
                     continue
+                label = None if raw_label is None else _utf8(raw_label)
+                if raw_label is not None and label is None:
+                    if skip_bad:
+                        self._skip(index, SKIP_LABEL_NOT_UTF8)
+                        continue
+                    log.warning("%s: sample %d: label is not UTF-8, read as none", self.path, index)
                 if skip_bad and image is None:
                     self._skip(index, SKIP_MISSING_IMAGE)
                     continue
-                yield (
-                    index,
-                    None if image is None else bytes(image),
-                    None if label is None else label.decode("utf-8", errors="replace"),
-                )
+                yield index, None if image is None else bytes(image), label
 
     def __iter__(self) -> Iterator[tuple[int, Image.Image, str]]:
         """Yield ``(index, RGB image, raw label)``, skipping undecodable images with a warning."""

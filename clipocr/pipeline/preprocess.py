@@ -3,6 +3,13 @@
 Images stay uint8 ``(3, 32, 128)`` until they reach the device: 4× fewer bytes through DataLoader
 queues and pinned copies than float32, and each consumer applies its own normalisation there
 (student/evaluator: mean = std = 0.5 as PARSeq; teacher: CLIP's own mean/std).
+
+Two decodes, chosen by the caller. The default is PARSeq's test loader exactly
+(``Image.open(buf).convert('RGB')``, then torchvision's ``Resize(BICUBIC)``, which on a PIL image
+is ``img.resize((128, 32), BICUBIC)``): evaluation must see the reference protocol's pixels
+(DESIGN §7), and a peer recognizer the crop as stored. ``draft=True`` is the training-speed path
+(teacher cache and student): libjpeg decodes a large JPEG at a reduced scale, several times
+cheaper, whose pixels after the resize differ a little from the full decode's.
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ STUDENT_MEAN = (0.5, 0.5, 0.5)
 STUDENT_STD = (0.5, 0.5, 0.5)
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes into an RGB PIL image (raises on corrupt data)."""
+def decode_image(data: bytes, *, draft: bool = False) -> Image.Image:
+    """Decode encoded image bytes into an RGB PIL image (raises on corrupt data).
+
+    Full size by default; with `draft` (training only), a JPEG is decoded at the smallest scale
+    of 1/2, 1/4 or 1/8 that keeps it at least 256×64, twice the 128×32 target."""
     img = Image.open(io.BytesIO(data))
-    if img.format == "JPEG":
-        # Let libjpeg decode at reduced scale when the target is much smaller: same result
-        # class as a full decode followed by the resize, several times cheaper on big crops.
+    if draft and img.format == "JPEG":
         img.draft("RGB", (IMG_W * 2, IMG_H * 2))
     img.load()
     return img.convert("RGB")
@@ -42,9 +50,10 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def load_uint8(data: bytes) -> torch.Tensor:
-    """Encoded bytes → resized uint8 tensor ``(3, 32, 128)``: the shared input of every job."""
-    return to_uint8_tensor(resize(decode_image(data)))
+def load_uint8(data: bytes, *, draft: bool = False) -> torch.Tensor:
+    """Encoded bytes → resized uint8 tensor ``(3, 32, 128)``: the shared input of every job
+    (`draft`: the training-speed decode, see `decode_image`)."""
+    return to_uint8_tensor(resize(decode_image(data, draft=draft)))
 
 
 def normalize(

@@ -3,23 +3,28 @@
 Each sample holds the original image bytes (JPEG/PNG kept as they are, anything else re-encoded
 to PNG) and the prepared label; ``shards.json`` records which source records each shard holds.
 Its key ``<shard-stem>/<index>`` is stable: it is what joins an image to its cached teacher
-targets (DESIGN §3, §5).
+targets (DESIGN §3, §5). The sources themselves (LMDB, image folder) are `clipocr.pipeline.sources`.
 
 Shards are written by `webdataset.ShardWriter` under hidden temporary names and renamed by its
 ``post`` hook once closed, so a visible shard is always complete. The sequence of accepted samples
 is a pure function of the sources and the charset, so an interrupted prepare resumes by skipping
-the samples that the finished shards already hold: nothing is duplicated or lost.
+the samples that the finished shards already hold: nothing is duplicated or lost. That holds only
+for the same shard size, so the first finished shard's count is checked against it before
+anything is skipped. A full disk stops the run with one line and leaves only finished shards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import logging
 import os
+import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,109 +34,15 @@ from tqdm import tqdm
 
 from clipocr.pipeline.charset import Charset, LabelRejected
 from clipocr.pipeline.errors import InputError
-from clipocr.pipeline.lmdb_io import LmdbReader, is_lmdb_dir
 from clipocr.pipeline.preprocess import load_uint8
+from clipocr.pipeline.sources import RawSample, Source, open_source
 
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "shards.json"
 SHARD_PATTERN = "shard-%06d.tar"
 SKIP_CORRUPT_IMAGE = "corrupt_image"
-
-
-# --------------------------------------------------------------------------------------------
-# sources
-# --------------------------------------------------------------------------------------------
-@dataclass
-class RawSample:
-    """One record of a source, before label preparation."""
-
-    source: str
-    index: int
-    image: bytes
-    label: str
-
-
-class ImageFolderSource:
-    """A folder with images and a ``labels.tsv`` of ``relpath<TAB>label`` lines."""
-
-    def __init__(self, root: str | Path, labels_name: str = "labels.tsv") -> None:
-        self.root = Path(root)
-        self.labels_path = self.root / labels_name
-        if not self.root.is_dir():
-            raise InputError(f"{self.root}: no such folder")
-        if not self.labels_path.is_file():
-            raise InputError(f"{self.root}: no {labels_name} (expected relpath<TAB>label lines)")
-        self.entries: list[tuple[int, str, str]] = []
-        with open(self.labels_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\n\r")
-                if not line.strip():
-                    continue
-                parts = line.split("\t", 1)
-                if len(parts) != 2 or not parts[0]:
-                    raise InputError(
-                        f"{self.labels_path}:{lineno}: malformed line {line[:60]!r} "
-                        "(expected relpath<TAB>label)"
-                    )
-                self.entries.append((lineno, parts[0], parts[1]))
-        if not self.entries:
-            raise InputError(f"{self.labels_path}: no samples listed")
-        self.skipped: Counter[str] = Counter()
-
-    @property
-    def name(self) -> str:
-        return str(self.root)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __iter__(self) -> Iterator[RawSample]:
-        for lineno, rel, label in self.entries:
-            path = self.root / rel
-            try:
-                data = path.read_bytes()
-            except OSError as err:
-                self.skipped["missing_image"] += 1
-                log.warning("%s:%d: %s skipped (%s)", self.labels_path, lineno, rel, err)
-                continue
-            yield RawSample(self.name, lineno, data, label)
-
-
-class LmdbSource:
-    """An STR LMDB as a prepare source."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.reader = LmdbReader(path)
-
-    @property
-    def name(self) -> str:
-        return str(self.reader.path)
-
-    @property
-    def skipped(self) -> Counter[str]:
-        return self.reader.skipped
-
-    def __len__(self) -> int:
-        return len(self.reader)
-
-    def __iter__(self) -> Iterator[RawSample]:
-        for index, data, label in self.reader.iter_raw():
-            yield RawSample(self.name, index, data, label)
-
-
-def open_source(path: str | Path) -> LmdbSource | ImageFolderSource:
-    """An LMDB folder (has data.mdb) or an image folder with labels.tsv."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    if is_lmdb_dir(path):
-        return LmdbSource(path)
-    if path.is_dir():
-        if not any(path.iterdir()):
-            raise InputError(f"{path}: folder is empty")
-        return ImageFolderSource(path)
-    raise InputError(f"{path}: neither an LMDB folder nor an image folder with labels.tsv")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _image_ext(data: bytes) -> str | None:
@@ -156,7 +67,7 @@ def _as_jpeg_or_png(data: bytes) -> tuple[str, bytes]:
 # prepare
 # --------------------------------------------------------------------------------------------
 def _accepted(
-    sources: Iterable[LmdbSource | ImageFolderSource], charset: Charset, skipped: Counter[str]
+    sources: Iterable[Source], charset: Charset, skipped: Counter[str]
 ) -> Iterator[tuple[RawSample, str]]:
     for source in sources:
         for raw in source:
@@ -168,63 +79,108 @@ def _accepted(
             yield raw, label
 
 
-def prepare_shards(
-    inputs: list[str | Path],
-    out: str | Path,
-    charset: Charset,
-    shard_size: int = 5000,
-    progress: bool = True,
-) -> dict:
-    """Convert LMDBs / image folders into tar shards plus a ``shards.json`` index.
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard in ``shards.json``: its file name, sample count and provenance
+    (source → ``[first, last]`` record index, so any key can be traced back)."""
 
-    Resumable: shards already finished by an interrupted run are kept and their samples skipped.
-    Returns the index that was written.
+    name: str
+    count: int
+    sources: dict[str, list[int]]
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """What `prepare_shards` wrote: the ``shards.json`` index, typed (`to_json` is the file)."""
+
+    charset: str
+    max_len: int
+    shard_size: int
+    num_samples: int
+    shards: list[ShardEntry]
+    sources: list[str]
+    skipped: dict[str, int]  # reason → count (label_too_long, label_empty, corrupt_image, …)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _disk_full(out: Path, err: OSError) -> InputError:
+    return InputError(
+        f"{out}: disk full while preparing shards ({err.strerror}); finished shards are kept: "
+        "free space and rerun the same command to resume"
+    )
+
+
+def _size_mismatch(out: Path, first: int, shard_size: int) -> InputError:
+    return InputError(
+        f"{out}: the finished shards were written with --shard-size {first} ({SHARD_PATTERN % 0} "
+        f"holds {first} samples), not {shard_size}; resume with --shard-size {first} "
+        "or choose another --out"
+    )
+
+
+def _resume_limit(out: Path, done: int, shard_size: int) -> int | None:
+    """Refuse to resume `done` finished shards that were cut at another size than `shard_size`.
+
+    Skipping ``done × shard_size`` samples is right only if that is what they hold. The first
+    shard tells: it holds exactly `shard_size` samples, or fewer if it was the last one of a
+    smaller run. Which of the two is known only once the sources run past its count, so that
+    count is returned for the write loop to check (``None``: nothing left to check).
     """
-    if not inputs:
-        raise InputError("prepare: give at least one --lmdb / --folder source")
-    sources = [open_source(p) for p in inputs]
-    out = Path(out)
-    index_path = out / INDEX_NAME
-    if index_path.exists():
-        raise InputError(f"{index_path}: shards already prepared here; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".tmp-*"):
-        stale.unlink()
+    if done == 0:
+        return None
+    path = out / (SHARD_PATTERN % 0)
+    try:
+        with tarfile.open(path) as tar:  # headers only: one ``.txt`` member per sample
+            first = sum(1 for member in tar if member.name.endswith(".txt"))
+    except (tarfile.TarError, OSError) as err:
+        raise InputError(
+            f"{path}: unreadable finished shard ({err}); delete it and rerun"
+        ) from None
+    if first == shard_size:
+        return None
+    if first > shard_size or done > 1:
+        raise _size_mismatch(out, first, shard_size)
+    return first
 
-    done = 0
-    while (out / (SHARD_PATTERN % done)).exists():
-        done += 1
-    to_skip = done * shard_size
-    if done:
-        log.warning("%s: resuming after %d finished shard(s)", out, done)
 
-    counts: dict[int, int] = {}
-    # Provenance per shard: source → [first, last] record index, so any key can be traced back.
-    origins: dict[int, dict[str, list[int]]] = {}
-
+def _shard_writer(out: Path, shard_size: int, start: int) -> wds.ShardWriter:
     def finished(tmp_name: str) -> None:
         tmp = Path(tmp_name)
-        final = tmp.with_name(tmp.name.removeprefix(".tmp-"))
-        os.replace(tmp, final)
+        os.replace(tmp, tmp.with_name(tmp.name.removeprefix(".tmp-")))
 
-    skipped: Counter[str] = Counter()
-    total = sum(len(s) for s in sources)
-    bar = tqdm(total=total, desc="prepare", unit="img", disable=not progress)
-    writer = wds.ShardWriter(
+    return wds.ShardWriter(
         str(out / (".tmp-" + SHARD_PATTERN)),
         maxcount=shard_size,
         maxsize=1 << 40,
-        start_shard=done,
+        start_shard=start,
         post=finished,
         verbose=0,
         # A fixed integer mtime keeps tar headers plain (no per-member pax header to parse on
         # every read) and makes shards byte-reproducible.
         mtime=0,
     )
+
+
+def _write_shards(
+    samples: Iterable[tuple[RawSample, str]],
+    out: Path,
+    shard_size: int,
+    done: int,
+    limit: int | None,
+    skipped: Counter[str],
+) -> tuple[dict[int, int], dict[int, dict[str, list[int]]]]:
+    """Write every shard after the `done` finished ones; return each shard's count and
+    provenance (finished shards included, as the index lists them all)."""
+    to_skip = done * shard_size
+    counts: dict[int, int] = {}
+    origins: dict[int, dict[str, list[int]]] = {}
+    # Opened at the first sample written, so a rerun with nothing left to write adds no shard.
+    writer: wds.ShardWriter | None = None
     n = 0
     try:
-        for raw, label in _accepted(sources, charset, skipped):
-            bar.update(1)
+        for raw, label in samples:
             # Checked before the resume skip, so the sequence of kept samples is the same
             # whether or not earlier shards are being skipped.
             try:
@@ -238,41 +194,118 @@ def prepare_shards(
             span = origins.setdefault(shard_no, {}).setdefault(raw.source, [raw.index, raw.index])
             span[1] = raw.index
             n += 1
+            if limit is not None and n > limit:  # the first shard was not the last: cut smaller
+                raise _size_mismatch(out, limit, shard_size)
             if n <= to_skip:
                 continue
+            if writer is None:
+                writer = _shard_writer(out, shard_size, done)
             stem = Path(SHARD_PATTERN % shard_no).stem
             writer.write({"__key__": f"{stem}/{(n - 1) % shard_size:06d}", ext: data, "txt": label})
-        writer.close()
+        if writer is not None:
+            writer.close()
     except BaseException:
         # Leave finished shards for the resume; close the half-written one without its `post`
-        # rename, then drop it.
-        if writer.tarstream is not None:
-            writer.tarstream.close()
+        # rename (a full disk may fail that too), then drop it.
+        stream = getattr(writer, "tarstream", None)
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
             writer.tarstream = None
         for stale in out.glob(".tmp-*"):
             stale.unlink()
         raise
-    finally:
-        bar.close()
+    return counts, origins
+
+
+def _write_index(out: Path, index: PrepareResult) -> None:
+    tmp = out / (".tmp-" + INDEX_NAME)
+    try:
+        tmp.write_text(json.dumps(index.to_json(), indent=2))
+        os.replace(tmp, out / INDEX_NAME)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in DISK_FULL:
+            raise _disk_full(out, err) from None
+        raise
+
+
+def prepare_shards(
+    inputs: list[str | Path],
+    out: str | Path,
+    charset: Charset,
+    shard_size: int = 5000,
+    progress: bool = True,
+) -> PrepareResult:
+    """Convert LMDBs / image folders into tar shards plus a ``shards.json`` index.
+
+    Resumable: shards already finished by an interrupted run are kept and their samples skipped
+    (the same `shard_size` is required). Returns the index that was written.
+    """
+    if not inputs:
+        raise InputError("prepare: give at least one --lmdb / --folder source")
+    if shard_size < 1:
+        raise InputError(f"--shard-size {shard_size}: must be at least 1")
+    with contextlib.ExitStack() as opened:  # closed even on error, so a retry can reopen them
+        sources = []
+        for path in inputs:
+            sources.append(open_source(path))
+            opened.callback(sources[-1].close)
+        return _prepare(sources, Path(out), charset, shard_size, progress)
+
+
+def _prepare(
+    sources: list[Source], out: Path, charset: Charset, shard_size: int, progress: bool
+) -> PrepareResult:
+    index_path = out / INDEX_NAME
+    if index_path.exists():
+        raise InputError(f"{index_path}: shards already prepared here; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".tmp-*"):
+        stale.unlink()
+
+    done = 0
+    while (out / (SHARD_PATTERN % done)).exists():
+        done += 1
+    limit = _resume_limit(out, done, shard_size)
+    if done:
+        log.warning("%s: resuming after %d finished shard(s)", out, done)
+
+    skipped: Counter[str] = Counter()
+    total = sum(len(s) for s in sources)
+    with tqdm(total=total, desc="prepare", unit="img", disable=not progress) as bar:
+
+        def counted() -> Iterator[tuple[RawSample, str]]:
+            for item in _accepted(sources, charset, skipped):
+                bar.update(1)
+                yield item
+
+        try:
+            counts, origins = _write_shards(counted(), out, shard_size, done, limit, skipped)
+        except OSError as err:
+            if err.errno in DISK_FULL:
+                raise _disk_full(out, err) from None
+            raise
+    if done > len(counts):
+        raise InputError(
+            f"{out}: holds {done} finished shards but these sources fill {len(counts)}; "
+            "were they written from other sources? choose another --out"
+        )
     for source in sources:
         skipped.update(source.skipped)
+    n = sum(counts.values())
     if n == 0:
-        raise InputError(f"prepare: no usable samples in {', '.join(map(str, inputs))}")
-    index = {
-        "charset": charset.name,
-        "max_len": charset.max_len,
-        "shard_size": shard_size,
-        "num_samples": n,
-        "shards": [
-            {"name": SHARD_PATTERN % i, "count": counts[i], "sources": origins[i]}
-            for i in sorted(counts)
-        ],
-        "sources": [s.name for s in sources],
-        "skipped": dict(sorted(skipped.items())),
-    }
-    tmp_index = out / (".tmp-" + INDEX_NAME)
-    tmp_index.write_text(json.dumps(index, indent=2))
-    os.replace(tmp_index, index_path)
+        raise InputError(f"prepare: no usable samples in {', '.join(s.name for s in sources)}")
+    index = PrepareResult(
+        charset=charset.name,
+        max_len=charset.max_len,
+        shard_size=shard_size,
+        num_samples=n,
+        shards=[ShardEntry(SHARD_PATTERN % i, counts[i], origins[i]) for i in sorted(counts)],
+        sources=[s.name for s in sources],
+        skipped=dict(sorted(skipped.items())),
+    )
+    _write_index(out, index)
     return index
 
 
@@ -319,14 +352,15 @@ def iter_shard_raw(path: str | Path) -> Iterator[tuple[str, bytes, str]]:
 def iter_shard(
     path: str | Path, skipped: Counter[str] | None = None
 ) -> Iterator[tuple[str, torch.Tensor | None, str]]:
-    """Yield ``(key, uint8 image (3, 32, 128), label)`` in shard order.
+    """Yield ``(key, uint8 image (3, 32, 128), label)`` in shard order, decoded on the
+    training-speed path (``draft``) that the teacher cache and the student share.
 
     An undecodable image yields ``None`` in place of the tensor (with a warning naming shard and
     key) so consumers that must keep alignment — the teacher cache — can record it as missing.
     """
     for key, data, label in iter_shard_raw(path):
         try:
-            image = load_uint8(data)
+            image = load_uint8(data, draft=True)
         except Exception as err:
             log.warning("%s: sample %s has an undecodable image (%s)", path, key, err)
             if skipped is not None:

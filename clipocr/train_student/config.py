@@ -11,9 +11,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from clipocr.pipeline.config_file import check_values, read_values
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.precision import PRECISIONS
 from clipocr.train_student.heads import DistillConfig
+from clipocr.train_student.model import PRESETS
 
 
 @dataclass
@@ -37,6 +39,7 @@ class TrainConfig:
     heads: DistillConfig = field(default_factory=DistillConfig)
     # data
     workers: int = 2
+    threads: int | None = None  # torch intra-op threads on CPU; None = cores minus workers
     shuffle_buffer: int = 1000
     augment: bool = True
     seed: int = 0
@@ -54,6 +57,19 @@ class TrainConfig:
             raise InputError("train: --teacher-store is required unless --no-distill is given")
         if self.precision not in PRECISIONS:
             raise InputError(f"train: unknown --precision {self.precision!r}")
+        at_least = {"batch_size": 1, "epochs": 1, "max_steps": 1, "threads": 1, "workers": 0,
+                    "shuffle_buffer": 1, "val_every": 1, "ckpt_every": 1, "keep_checkpoints": 1,
+                    "log_every": 1, "lr": 0.0, "grad_clip": 0.0, "weight_decay": 0.0}  # fmt: skip
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and not value >= low:
+                raise InputError(f"train: {name} must be >= {low}, got {value}")
+        if self.preset not in PRESETS:
+            raise InputError(
+                f"train: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}"
+            )
+        if not 0.0 <= self.warmup_pct < 1.0:
+            raise InputError(f"train: warmup_pct must be in [0, 1), got {self.warmup_pct}")
         if isinstance(self.heads, dict):
             unknown = set(self.heads) - {f.name for f in fields(DistillConfig)}
             if unknown:
@@ -65,7 +81,8 @@ class TrainConfig:
 
     # Settings that may differ between a run and its resumption.
     RESUMABLE_CHANGES = ("max_steps", "epochs", "val", "val_every", "ckpt_every", "progress",
-                         "workers", "device", "log_every", "keep_checkpoints")  # fmt: skip
+                         "workers", "threads", "device", "log_every",
+                         "keep_checkpoints")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,16 +93,12 @@ class TrainConfig:
     @classmethod
     def from_sources(cls, config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:
         """Defaults, then the JSON file's values, then the explicitly given CLI values."""
-        values: dict[str, Any] = {}
-        if config_file is not None:
-            try:
-                values.update(json.loads(Path(config_file).read_text()))
-            except (OSError, json.JSONDecodeError) as err:
-                raise InputError(f"{config_file}: cannot read config ({err})") from None
-        heads = {**values.pop("heads", {}), **overrides.pop("heads", {})}
+        values = read_values(config_file)
+        heads = values.pop("heads", {})
+        if not isinstance(heads, dict):
+            raise InputError(f"{config_file}: heads must be an object of DistillConfig settings")
+        heads = {**heads, **overrides.pop("heads", {})}
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["heads"] = heads
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InputError(f"{config_file or 'train'}: unknown config keys {sorted(unknown)}")
+        check_values(cls, values, str(config_file or "train"))
         return cls(**values)

@@ -172,7 +172,7 @@ class DistillStream(IterableDataset):
 
     def _decode(self, sample: dict) -> dict | None:
         try:
-            img = decode_image(sample["data"])
+            img = decode_image(sample["data"], draft=True)
         except Exception:
             return None  # counted at prepare time; a shard edited since is not worth a crash
         if self._augment is not None:

@@ -11,7 +11,9 @@ and are dropped from the saved inference model.
 - GAM: ``Linear(ReLU(LN(Linear(f_cls))))`` vs CLIP's text embedding.
 
 LN_t is trainable (it belongs to the head though it sits on the teacher side), which is why the
-teacher cache stores features before any affine parameter.
+teacher cache stores features before any affine parameter. Linear layers start as the official code
+starts them (PARSeq's `init_weights`: truncated normal, std 0.02, zero bias), not at PyTorch's
+default (weight std ≈ 0.03 for width 384, bias up to ±0.05).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from clipocr.train_student import losses
 from clipocr.train_student.model import NUM_STAGES, StudentConfig, StudentOutput
 
 TEACHER_DIM_KEYS = ("image_tokens", "image", "text", "emb")
+
+
+def init_linear(module: nn.Module) -> None:
+    """PARSeq's `init_weights` for a Linear layer (apply with `Module.apply`); others untouched."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class AAMImage(nn.Module):
@@ -45,6 +55,7 @@ class AAMImage(nn.Module):
         self.W1 = nn.Linear(d_student, d_teacher)
         self.ln_s = nn.LayerNorm(d_teacher)
         self.ln_t = nn.LayerNorm(d_teacher)
+        self.apply(init_linear)
 
     def forward(self, f: Tensor, F: Tensor) -> tuple[Tensor, Tensor]:
         """`f` ``(B, N_s, d_s)``, `F` ``(B, N_t, d_t)`` → student, teacher rows ``(B·N_t, d_t)``."""
@@ -66,6 +77,7 @@ class AAMText(nn.Module):
         self.W1 = nn.Linear(d_student, d_teacher)
         self.ln_s = nn.LayerNorm(d_teacher)
         self.ln_t = nn.LayerNorm(d_teacher)
+        self.apply(init_linear)
 
     def forward(self, f: Tensor, F: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """`f` ``(B, T, d_s)``, `F` ``(B, T, d_t)``, `mask` ``(B, T)`` bool (True = valid) →
@@ -92,6 +104,7 @@ class GAM(nn.Module):
             nn.ReLU(),
             nn.Linear(d_student, d_emb),
         )
+        self.apply(init_linear)
 
     def forward(self, f_cls: Tensor) -> Tensor:
         return self.mlp(f_cls)

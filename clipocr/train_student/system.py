@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as tfn
 from torch import Tensor, nn
 
+from clipocr.pipeline.teacher_store import ALL_TAPS
 from clipocr.train_student.heads import DistillConfig, DistillHeads
 from clipocr.train_student.model import Student
 
-TARGET_NAMES = (
-    "image_s1", "image_s2", "image_s3", "text_s1", "text_s2", "text_s3", "text_emb", "text_mask",
-)  # fmt: skip
+# The store's taps, plus the mask of valid text rows that the batch collation adds.
+TARGET_NAMES = (*ALL_TAPS, "text_mask")
 
 
 class DistillSystem(nn.Module):
@@ -49,7 +49,7 @@ class DistillSystem(nn.Module):
             )
         }
         if self.heads is not None:
-            targets = {k: batch[k] for k in TARGET_NAMES}
+            targets = {k: batch[k] for k in TARGET_NAMES if k in batch}
             terms.update(self.heads(out, targets))
         terms["loss"] = torch.stack(list(terms.values())).sum()
         return terms

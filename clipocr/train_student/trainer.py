@@ -3,7 +3,9 @@
 Resume is exact: a checkpoint holds the student, heads, optimizer, scheduler, the step/epoch/batch
 position and the torch RNG state, and the data stream is a pure function of (seed, epoch, position)
 (see `dataset.py`), so `--resume` continues with the very batch and dropout masks the uninterrupted
-run would have used. CLIP is never loaded here: the teacher only exists as cached targets.
+run would have used (with `--precision fp16`, the GradScaler's state is in the checkpoint too). CLIP
+is never loaded here: the teacher only exists as cached targets, and validation is a callable the
+caller hands in (the command builds it from `clipocr.evaluate`, a package above this one).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import math
 import os
 import shutil
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 import torch.distributed as dist
@@ -28,6 +33,7 @@ from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.precision import autocast
 from clipocr.pipeline.preprocess import IMG_H, IMG_W, normalize
 from clipocr.pipeline.teacher_store import TeacherStore
+from clipocr.pipeline.threads import cpu_threads
 from clipocr.train_student.checkpoint import save_student
 from clipocr.train_student.config import TrainConfig
 from clipocr.train_student.dataset import DistillStream, StreamConfig
@@ -38,6 +44,9 @@ log = logging.getLogger(__name__)
 
 STATE_NAME = "state.pt"
 STUDENT_NAME = "student.safetensors"
+
+# Validation: the student and its device → history fields, e.g. ``{"val_acc/IIIT5k": 0.91}``.
+Validate = Callable[[Student, torch.device], dict[str, float]]
 
 
 @dataclass
@@ -53,6 +62,13 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _set_cpu_threads(cfg: TrainConfig) -> None:
+    """Intra-op threads that leave a core to each DataLoader worker (and share the host between
+    the DDP ranks on it), so the math and the decoding do not take turns on the same cores."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cpu_threads(cfg.workers, cfg.threads, ranks_here).intra_op)
+
+
 def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -62,11 +78,23 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 
 def open_store(cfg: TrainConfig, charset: Charset) -> TeacherStore:
-    """The teacher store, refused unless its manifest fits what this run trains with."""
+    """The teacher store, refused unless its manifest fits what this run trains with.
+
+    The ``normalised`` storage form keeps `text_emb` unit-length, exact for LCL (which
+    L2-normalises its rows) but not for plain L1, whose GAM term compares raw vectors; the image
+    and text terms compare LayerNormed rows, which the normalised form leaves (nearly) unchanged.
+    """
     store = TeacherStore(cfg.teacher_store)
     store.check_compatible(
         {"charset": charset.name, "preprocessing": {"image_size": [IMG_H, IMG_W]}}
     )
+    heads = cfg.heads
+    if heads.loss_type == "l1" and heads.use_gam and store.spec.form == "normalised":
+        raise InputError(
+            f"{store.root}: --loss-type l1 compares GAM with the text embedding as stored, and "
+            "this store keeps it unit-length (form normalised); re-cache with "
+            "`clipocr cache-teacher --form raw` (or train with --no-gam)"
+        )
     return store
 
 
@@ -79,16 +107,25 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 class Trainer:
     """One training run; `run()` trains to the step budget and exports the student."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+    def __init__(
+        self, cfg: TrainConfig, resume: bool = False, validate: Validate | None = None
+    ) -> None:
+        """`validate` runs every ``cfg.val_every`` steps and at the end when ``cfg.val`` names
+        validation sets (see `Validate`); without it, ``cfg.val`` is ignored with a warning."""
         self.cfg = cfg
-        self.run_dir = Path(cfg.out)
         self.rank, self.world, local_rank = _dist_env()
+        self.is_main = self.rank == 0
+        if cfg.val and validate is None and self.is_main:
+            log.warning("train: validation sets given but no validation to run them; skipped")
+        self.validate = validate if cfg.val else None
+        self.run_dir = Path(cfg.out)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.device = _device(cfg, local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.is_main = self.rank == 0
+        elif self.device.type == "cpu":  # on a GPU, torch's default threads only feed the device
+            _set_cpu_threads(cfg)
         self._prepare_run_dir(resume)
 
         torch.manual_seed(cfg.seed)
@@ -128,6 +165,9 @@ class Trainer:
             pct_start=cfg.warmup_pct,
             cycle_momentum=False,
         )
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 have fp32's range. A
+        # disabled scaler is a no-op pass-through, so one code path serves every precision.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.pos = Position()
         if resume:
             self._load_latest()
@@ -169,6 +209,7 @@ class Trainer:
                 "system": self.system.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
@@ -188,6 +229,8 @@ class Trainer:
         self.system.load_state_dict(state["system"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:  # checkpoints written before fp16 had a scaler hold none
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
@@ -211,10 +254,16 @@ class Trainer:
         with autocast(self.cfg.precision, self.device):
             terms = self.model(self._to_device(batch))
         self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        self.scaler.scale(terms["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(self.system.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
+        with warnings.catch_warnings():
+            # An fp16 step skipped for overflow still advances the schedule (it follows the step
+            # count, which resume relies on); torch warns about that on the first step.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
         out = {k: v.detach() for k, v in terms.items()}
         out["grad_norm"] = grad_norm.detach()
         return out
@@ -231,14 +280,12 @@ class Trainer:
             prefetch_factor=4 if self.cfg.workers else None,
         )
 
-    # -- validation ----------------------------------------------------------------------------
-    def validate(self) -> dict[str, float]:
-        from clipocr.evaluate import evaluate
-
-        report = evaluate(self.student, self.cfg.val, device=self.device, progress=False)
-        return {f"val_acc/{row.name}": row.accuracy for row in report.rows}
-
     # -- the loop ------------------------------------------------------------------------------
+    def _record_validation(self, history: TextIO) -> None:
+        record = self.validate(self.student, self.device)
+        history.write(json.dumps({"step": self.pos.step, **record}) + "\n")
+        history.flush()
+
     def run(self) -> Path:
         history_path = self.run_dir / "history.jsonl"
         bar = tqdm(
@@ -268,10 +315,8 @@ class Trainer:
                         )
                         history.write(json.dumps({"step": self.pos.step, **metrics}) + "\n")
                         history.flush()
-                    if self.is_main and self.cfg.val and self.pos.step % self.cfg.val_every == 0:
-                        record = {"step": self.pos.step, **self.validate()}
-                        history.write(json.dumps(record) + "\n")
-                        history.flush()
+                    if self.validate and self.is_main and self.pos.step % self.cfg.val_every == 0:
+                        self._record_validation(history)
                     if self.is_main and self.pos.step % self.cfg.ckpt_every == 0:
                         self.save_checkpoint()
                     if (
@@ -282,8 +327,8 @@ class Trainer:
                 if self.pos.batch_in_epoch >= self.steps_per_epoch:
                     self.pos.epoch += 1
                     self.pos.batch_in_epoch = 0
-            if self.is_main and self.cfg.val and self.pos.step % self.cfg.val_every != 0:
-                history.write(json.dumps({"step": self.pos.step, **self.validate()}) + "\n")
+            if self.validate and self.is_main and self.pos.step % self.cfg.val_every != 0:
+                self._record_validation(history)
         bar.close()
         final = self.run_dir / STUDENT_NAME
         if self.is_main:

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from clipocr.pipeline.charset import CHARSETS
 from clipocr.pipeline.errors import InputError
-from clipocr.pipeline.fonts import discover_faces, package_font_dirs, required_symbols
+from clipocr.pipeline.synth.fonts import discover_faces, package_font_dirs, required_symbols
 
 C36, C62 = CHARSETS["36"], CHARSETS["62"]
 

@@ -1,4 +1,4 @@
-"""Synthetic word renderer: deterministic, valid labels, readable LMDB + metadata."""
+"""Rendered data sets: deterministic JPEG streams, a readable LMDB and its synth.json."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.lmdb_io import LmdbReader
 from clipocr.pipeline.preprocess import decode_image
-from clipocr.pipeline.synth import STYLES, WordRenderer, WordSampler, iter_samples, render_lmdb
+from clipocr.pipeline.synth.dataset import RenderResult, iter_samples, render_lmdb
+from clipocr.pipeline.synth.styles import STYLES
 
 CS36 = Charset.from_name("36")
 
@@ -41,52 +42,18 @@ def test_images_are_rgb_jpeg_words_of_natural_aspect(clean24):
     assert spread > 20  # not blank
 
 
-@pytest.mark.parametrize("name", ["36", "62", "94"])
-def test_every_label_survives_preparation_unchanged_but_for_case(name):
-    charset = Charset.from_name(name)
-    sampler = WordSampler(charset)
-    rng = np.random.default_rng(0)
-    labels = [sampler.sample(rng) for _ in range(3000)]
-    for label in labels:
-        prepared = charset.prepare(label)
-        assert prepared == (label.lower() if charset.lowercase_only else label)
-    # Mixed case, lexicon words and numbers all occur.
-    assert any(s.istitle() for s in labels) and any(s.isupper() and len(s) > 2 for s in labels)
-    numbers = [any(c.isdigit() for c in s) and not any(c.isalpha() for c in s) for s in labels]
-    assert 0.07 < np.mean(numbers) < 0.2
-    assert len(set(labels)) > 2500
-    if name == "94":
-        assert any(not s.isalnum() for s in labels)
-
-
-def test_hard_style_distorts_the_same_words_more(clean24):
-    hard = list(iter_samples(24, seed=3, charset=CS36, style="hard"))
-    assert [label for _, label in hard] == [label for _, label in clean24]
-    assert all(h != c for (h, _), (c, _) in zip(hard, clean24, strict=True))
-
-    def contrast(samples):
-        return np.mean([np.asarray(decode_image(d).convert("L"), float).std() for d, _ in samples])
-
-    assert contrast(hard) < contrast(clean24)
-
-
-def test_render_word_draws_the_given_text():
-    renderer = WordRenderer(CS36, "clean", seed=0)
-    short = renderer.render("ab", np.random.default_rng(1))
-    long = renderer.render("abcdefghijkl", np.random.default_rng(1))
-    assert long.width > 2.5 * short.width
-
-
 def test_render_lmdb_writes_readable_lmdb_and_metadata(tmp_path, clean24):
     out = tmp_path / "synth"
     meta = render_lmdb(out, num=24, seed=3, charset=CS36, progress=False)
     reader = LmdbReader(out)
     records = [(image, label) for _, image, label in reader.iter_raw()]
     assert len(reader) == 24 and records == clean24
-    assert json.loads((out / "synth.json").read_text()) == meta
-    assert meta["num_samples"] == 24 and meta["seed"] == 3 and meta["style"] == "clean"
-    assert meta["charset"] == "36" and len(meta["fonts"]) >= 20
-    assert "wordfreq" in meta["lexicon"] and meta["images_per_s"] > 0 and meta["seconds"] > 0
+    assert isinstance(meta, RenderResult)
+    assert json.loads((out / "synth.json").read_text()) == meta.to_dict()
+    assert RenderResult(**json.loads((out / "synth.json").read_text())) == meta
+    assert meta.num_samples == 24 and meta.seed == 3 and meta.style == "clean"
+    assert meta.charset == "36" and len(meta.fonts) >= 20
+    assert "wordfreq" in meta.lexicon and meta.images_per_s > 0 and meta.seconds > 0
 
 
 def test_render_lmdb_refuses_bad_input(tmp_path):

@@ -1,0 +1,77 @@
+"""The teacher store: cached CLIP stage features, the one contract between caching and training.
+
+This package owns the store format (DESIGN §5): what is written where, how features are encoded,
+and how a store is checked against the teacher that fills it and the student that reads it. Like
+the rest of `pipeline` it imports no other clipocr package (nor open_clip or torch): the trainer
+reads stores without loading the teacher's code. Its modules, bottom up:
+
+* `codecs` — float32 features ↔ stored float16 / int8 arrays (`parse_codec`, `Codec`);
+* `location` — a local folder or an fsspec URL, and the temporary-group naming;
+* `spec` — layout constants, `StoreSpec` (the store's identity) and ``manifest.json``;
+* `writer` — `TeacherStoreWriter` creates a store, `ShardGroupWriter` fills one shard's group;
+* `reader` — `TeacherStore` lists, streams and verifies groups; `format_verify_report`.
+
+Layout::
+
+    ROOT/manifest.json        teacher fingerprint, written once when the store is created
+    ROOT/zarr.json            the root Zarr group (so Zarr tools can open the store)
+    ROOT/shard-000000/        one Zarr group per source shard, named after the shard file stem
+        keys          (n,)        str      sample keys "<shard>/<index>", in shard order
+        image_s1..3   (n, N, D)   float16 | int8
+        text_offsets  (n+1,)      int64    sample i owns rows offsets[i]:offsets[i+1] of text_s*
+        text_s1..3    (T, D)      float16 | int8   ragged: L+1 rows per sample (c1..cL, EOT)
+        text_emb      (n, E)      float16 | int8
+        <tap>_scale   (n, N) / (T,) / (n,) float32   int codecs: one scale per token row
+        <tap>_chscale (D,)        float32  int "-channel" codecs: the shard's channel scales
+
+Why per-shard groups: caching runs one task per shard on many workers, so each group has exactly
+one writer and no chunk is ever shared. Counts live in each group's attributes (``count``,
+``missing``, ``complete``) rather than in the manifest, so concurrent workers never rewrite a
+shared file; `TeacherStore.shards` lists the groups. How a group becomes visible atomically is
+told in `writer`.
+
+The ``form`` recorded in the manifest says whether features were stored per-token normalised
+(LayerNorm without affine, DESIGN §5) or raw; the teacher side normalises before appending.
+"""
+
+from clipocr.pipeline.teacher_store.codecs import CODECS, Codec, parse_codec
+from clipocr.pipeline.teacher_store.location import TMP_PREFIX
+from clipocr.pipeline.teacher_store.reader import TeacherStore, format_verify_report
+from clipocr.pipeline.teacher_store.spec import (
+    ALL_TAPS,
+    DEFAULT_CHUNK_SAMPLES,
+    FORMS,
+    INDEX_CHUNK,
+    MANIFEST_NAME,
+    STAGES_IMAGE,
+    STAGES_TEXT,
+    STORE_FORMAT,
+    TEXT_EMB,
+    TEXT_ROWS_PER_SAMPLE,
+    StoreSpec,
+    shard_group_name,
+)
+from clipocr.pipeline.teacher_store.writer import ShardGroupWriter, TeacherStoreWriter
+
+__all__ = [
+    "ALL_TAPS",
+    "CODECS",
+    "DEFAULT_CHUNK_SAMPLES",
+    "FORMS",
+    "INDEX_CHUNK",
+    "MANIFEST_NAME",
+    "STAGES_IMAGE",
+    "STAGES_TEXT",
+    "STORE_FORMAT",
+    "TEXT_EMB",
+    "TEXT_ROWS_PER_SAMPLE",
+    "TMP_PREFIX",
+    "Codec",
+    "ShardGroupWriter",
+    "StoreSpec",
+    "TeacherStore",
+    "TeacherStoreWriter",
+    "format_verify_report",
+    "parse_codec",
+    "shard_group_name",
+]

@@ -1,0 +1,154 @@
+"""What a store holds and for which teacher: the layout constants, `StoreSpec`, the manifest.
+
+``manifest.json`` is written once, when the store is created: ``format``, the `StoreSpec` fields
+and a ``storage`` note. The fields of the spec except ``source`` are the store's identity — a
+writer that brings a different identity is refused, and the trainer checks the fields it cares
+about (`TeacherStore.check_compatible`). ``source`` records where the teacher came from (paths
+as given) for people to read; it is never compared, so two paths to one teacher's files, or a
+copy of them, make the same store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import clipocr
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.teacher_store.codecs import parse_codec
+from clipocr.pipeline.teacher_store.location import Location
+
+STORE_FORMAT = "clipocr-teacher-store/1"
+MANIFEST_NAME = "manifest.json"
+STAGES_IMAGE = ("image_s1", "image_s2", "image_s3")
+STAGES_TEXT = ("text_s1", "text_s2", "text_s3")
+TEXT_EMB = "text_emb"
+ALL_TAPS = STAGES_IMAGE + STAGES_TEXT + (TEXT_EMB,)
+FORMS = ("normalised", "raw")
+DEFAULT_CHUNK_SAMPLES = 256
+# Text rows per chunk = chunk_samples × this (mean L+1 is about 7 for MJ/ST words).
+TEXT_ROWS_PER_SAMPLE = 8
+# keys / text_offsets are small; one chunk holds a whole shard.
+INDEX_CHUNK = 65536
+
+
+def jsonable(value: Any) -> Any:
+    """Tuples → lists etc., so a spec compares equal to what came back from manifest.json."""
+    return json.loads(json.dumps(value))
+
+
+def diff_fields(have: Any, want: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where `have` differs from `want`, for the keys `want` names."""
+    if isinstance(want, dict):
+        if not isinstance(have, dict):
+            return [f"{prefix or 'manifest'}: store {have!r} != {want!r}"]
+        out: list[str] = []
+        for key, value in want.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in have:
+                out.append(f"{path}: absent from store, expected {value!r}")
+            else:
+                out += diff_fields(have[key], value, path)
+        return out
+    return [] if have == want else [f"{prefix}: store {have!r} != {want!r}"]
+
+
+def _required_dims(taps: Iterable[str]) -> set[str]:
+    need: set[str] = set()
+    for tap in taps:
+        if tap in STAGES_IMAGE:
+            need |= {"image_tokens", "image"}
+        elif tap in STAGES_TEXT:
+            need.add("text")
+        elif tap == TEXT_EMB:
+            need.add("emb")
+    return need
+
+
+@dataclass
+class StoreSpec:
+    """Everything that decides what the cached targets are: two different specs never share a store.
+
+    `teacher` identifies the teacher by content (e.g. ``checksum`` of the weights, its
+    architecture and activation; the caching job fills it, see `cache_teacher.teacher.store_spec`);
+    `preprocessing` whatever the teacher's input pipeline depends on (image size, mean/std,
+    pos-embed mode …); `dims` the feature sizes ``image_tokens``, ``image``, ``text``, ``emb``;
+    `source` where the teacher came from — recorded, never compared (see the module docstring).
+    """
+
+    teacher: dict
+    preprocessing: dict
+    dims: dict
+    form: str = "normalised"
+    codec: str = "zstd"
+    charset: str = "36"
+    code_version: str = clipocr.__version__
+    taps: tuple[str, ...] = field(default=ALL_TAPS)
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.taps = tuple(self.taps)
+        if self.form not in FORMS:
+            raise InputError(f"store form {self.form!r}: expected one of {', '.join(FORMS)}")
+        parse_codec(self.codec)
+        unknown = [t for t in self.taps if t not in ALL_TAPS]
+        if unknown or not self.taps:
+            raise InputError(f"store taps {list(self.taps)}: each must be one of {ALL_TAPS}")
+        absent = sorted(_required_dims(self.taps) - set(self.dims))
+        if absent:
+            raise InputError(f"store dims {self.dims}: missing {', '.join(absent)}")
+
+    def to_dict(self) -> dict:
+        return jsonable(asdict(self))
+
+    def identity(self) -> dict:
+        """`to_dict` without ``source``: the fields a store and a writer must agree on."""
+        out = self.to_dict()
+        del out["source"]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StoreSpec:
+        """From `to_dict` output or a whole manifest (extra keys are ignored)."""
+        names = (
+            "teacher", "preprocessing", "dims", "form", "codec", "charset", "code_version",
+            "source",
+        )  # fmt: skip
+        kwargs = {k: d[k] for k in names if k in d}
+        if "taps" in d:
+            kwargs["taps"] = tuple(d["taps"])
+        return cls(**kwargs)
+
+
+def shard_group_name(shard: str | Path) -> str:
+    """A source shard's group name, its file stem: ``.../shard-000000.tar`` → ``shard-000000``."""
+    name = Path(str(shard)).name
+    return name[: -len(".tar")] if name.endswith(".tar") else Path(name).stem
+
+
+def check_group_name(name: str) -> None:
+    if (
+        not name
+        or "/" in name
+        or name.startswith((".", "__"))
+        or name in (MANIFEST_NAME, "zarr.json")
+    ):
+        raise ValueError(f"{name!r} is not a valid shard group name")
+
+
+def read_manifest(loc: Location) -> dict:
+    """The manifest at `loc`, or an InputError saying why `loc` is not a teacher store."""
+    text = loc.read_text(MANIFEST_NAME)
+    where = loc.child(MANIFEST_NAME)
+    if text is None:
+        raise InputError(f"{where}: missing; {loc} is not a teacher store (run cache-teacher)")
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where}: not valid JSON ({err})") from None
+    if manifest.get("format") != STORE_FORMAT:
+        raise InputError(f"{where}: format {manifest.get('format')!r}, expected {STORE_FORMAT!r}")
+    return manifest

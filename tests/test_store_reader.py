@@ -1,0 +1,96 @@
+"""Store reader: exact round trips, chunked streaming, and what `verify` finds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from store_helpers import SHARD, batch, expected_samples, spec, write_shard
+
+from clipocr.pipeline.teacher_store import TeacherStore, TeacherStoreWriter, format_verify_report
+
+
+def test_lossless_round_trip_is_exact_float16(tmp_path: Path) -> None:
+    # batches straddle chunk boundaries (chunk 4 samples, 32 text rows) and include an empty one
+    batches = write_shard(tmp_path / "s", spec(), [3, 5, 0, 7, 1])
+    store = TeacherStore(tmp_path / "s")
+    assert store.shards() == {SHARD: 16}
+    got = list(store.iter_shard(SHARD))
+    want = expected_samples(batches)
+    assert [k for k, _ in got] == [k for k, _ in want]
+    for (_, g), (_, w) in zip(got, want, strict=True):
+        assert set(g) == set(w)
+        for tap in w:
+            assert g[tap].dtype == np.float32
+            np.testing.assert_array_equal(g[tap], w[tap].astype(np.float16).astype(np.float32))
+    # the ragged layout on disk: offsets are the cumulative valid lengths
+    group = zarr.open_group(str(tmp_path / "s" / SHARD), mode="r")
+    lengths = np.concatenate([f["text_lengths"] for _, f in batches])
+    np.testing.assert_array_equal(group["text_offsets"][:], np.r_[0, np.cumsum(lengths)])
+    assert group["text_s1"].shape == (lengths.sum(), 8) and group["image_s1"].dtype == np.float16
+
+
+def test_chunked_blocks_match_per_sample(tmp_path: Path) -> None:
+    write_shard(tmp_path / "s", spec(), [6, 6])
+    store = TeacherStore(tmp_path / "s")
+    blocks = list(store.iter_chunks(SHARD))
+    assert [len(k) for k, _ in blocks] == [4, 4, 4]
+    samples = dict(store.iter_shard(SHARD))
+    keys, block = blocks[1]
+    off = block["text_offsets"]
+    assert off[0] == 0 and len(off) == 5
+    np.testing.assert_array_equal(block["text_s2"][off[2] : off[3]], samples[keys[2]]["text_s2"])
+    np.testing.assert_array_equal(block["image_s3"][3], samples[keys[3]]["image_s3"])
+
+
+@pytest.mark.parametrize("codec", ["zstd", "int8-token"])
+def test_verify_finds_nan_and_count_mismatch(tmp_path: Path, codec: str) -> None:
+    root = tmp_path / "s"
+    rng = np.random.default_rng(0)
+    writer = TeacherStoreWriter(root, spec(codec=codec), chunk_samples=4)
+    with writer.open_shard(SHARD) as group:
+        keys, feats = batch(rng, 0, 6)
+        feats["text_s2"][4, 0, 3] = np.nan
+        group.append(keys, feats)
+        group.commit(missing=[f"{SHARD}/000006"])
+    store = TeacherStore(root)
+    index = {"charset": "36", "shards": [{"name": f"{SHARD}.tar", "count": 8}]}
+    report = store.verify(index)
+    assert not report["ok"]
+    probs = report["shards"][SHARD]["problems"]
+    assert any("count 6 + 1 missing != 8" in p for p in probs)
+    assert any(p.startswith("text_s2:") and "NaN" in p for p in probs)
+    assert "FAILED" in format_verify_report(report)
+
+
+def test_verify_ok_and_bytes_per_sample(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_shard(root, spec(), [5, 4], missing=[f"{SHARD}/000009"])
+    store = TeacherStore(root)
+    assert store.missing(SHARD) == [f"{SHARD}/000009"]
+    report = store.verify({"charset": "36", "shards": [{"name": f"{SHARD}.tar", "count": 10}]})
+    assert report["ok"], report["problems"]
+    assert report["num_samples"] == 9
+    assert report["bytes_per_sample"] == pytest.approx(store.nbytes(SHARD) / 9)
+    # f16 payload of one sample is (3*3*16 + ~3.5*3*8 + 8) * 2 bytes; compression cannot beat half
+    assert 200 < report["bytes_per_sample"] < 2000
+    # a listed shard absent from the store, and a charset that differs, are problems
+    bad = {
+        "charset": "62",
+        "shards": [{"name": f"{SHARD}.tar", "count": 10}, {"name": "x.tar", "count": 1}],
+    }
+    probs = store.verify(bad)["problems"]
+    assert any("charset" in p for p in probs) and any(p.startswith("x:") for p in probs)
+
+
+def test_verify_detects_keys_out_of_line(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_shard(root, spec(), [4])
+    group = zarr.open_group(str(root / SHARD), mode="a")
+    group["keys"][1] = f"{SHARD}/000000"  # a duplicated key
+    group.attrs["count"] = 5
+    probs = TeacherStore(root).verify()["shards"][SHARD]["problems"]
+    assert any("keys: 4 stored, count says 5" in p for p in probs)
+    assert any("duplicates" in p for p in probs)
