@@ -1,5 +1,6 @@
 """`clipocr demo` end to end at a tiny scale, with the bundled teacher."""
 
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -27,3 +28,19 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
     # A rerun resumes: every stage is found finished.
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--scale", "0.02"])
     assert again.exit_code == 0 and again.output.count("already trained, kept") == 2
+
+
+def test_demo_trains_both_students_side_by_side(tmp_path: Path, monkeypatch) -> None:
+    """With two cores each run is its own `clipocr train` process (logged to RUN/train.log)."""
+    monkeypatch.setattr("clipocr.commands.demo.usable_cores", lambda: 2)
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--scale", "0.02", "--parallel"])
+    assert result.exit_code == 0, result.output[-3000:]
+    assert "side by side on one core each" in result.output
+    runs = out / "runs" / "seed0"
+    for run in ("baseline", "distilled"):
+        assert (runs / run / "student.safetensors").is_file()
+        assert "student exported" in (runs / run / "train.log").read_text()
+        config = json.loads((runs / run / "config.json").read_text())
+        assert config["threads"] == 1 and config["workers"] == 0
+    assert "weighted average" in result.output

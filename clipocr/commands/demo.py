@@ -14,12 +14,17 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from clipocr.commands.eval import Evaluation, run_evaluation
 from clipocr.commands.train import validation
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.threads import usable_cores
+
+if TYPE_CHECKING:
+    from clipocr.train_student.config import TrainConfig
 
 REAL_TRAIN_SETS = ("IIIT5k_train_2000", "IC15_train_4468")
 
@@ -37,7 +42,9 @@ class DemoConfig:
     preset: str = "mini"
     seed: int = 0  # training seed (both runs); the rendered data depend on data_seed only
     data_seed: int = 0
-    workers: int = 1
+    workers: int = 1  # DataLoader workers when the runs train one after the other
+    parallel: bool = True  # train both runs at once, one process and one core each
+    augment: bool = True
     clip_model: str | None = None  # None = the bundled demo teacher
     clip_pretrained: str | None = None
     real_data: str | None = None
@@ -81,15 +88,13 @@ def _render(path: Path, num: int, seed: int, style: str) -> None:
         render_lmdb(path, num=num, seed=seed, charset=Charset.from_name("36"), style=style)
 
 
-def _train(cfg: DemoConfig, shards: Path, store: Path, val: Path, run: Path, distill: bool) -> Path:
+def _train_config(
+    cfg: DemoConfig, shards: Path, store: Path, val: Path, run: Path, distill: bool
+) -> TrainConfig:
     from clipocr.train_student.config import TrainConfig
-    from clipocr.train_student.trainer import STUDENT_NAME, Trainer
 
-    if (run / STUDENT_NAME).exists():
-        typer.echo(f"{run}: already trained, kept")
-        return run / STUDENT_NAME
     steps = cfg.scaled(cfg.steps)
-    train_cfg = TrainConfig(
+    return TrainConfig(
         shards=str(shards),
         teacher_store=str(store) if distill else None,
         distill=distill,
@@ -98,15 +103,101 @@ def _train(cfg: DemoConfig, shards: Path, store: Path, val: Path, run: Path, dis
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         max_steps=steps,
-        workers=cfg.workers,
+        workers=0 if cfg.parallel else cfg.workers,
+        threads=1 if cfg.parallel else None,
+        augment=cfg.augment,
         seed=cfg.seed,
         val=[str(val)],
         val_every=max(steps // 5, 1),
         ckpt_every=max(steps // 2, 1),
         log_every=max(steps // 100, 1),
+        progress=not cfg.parallel,
     )
-    resume = (run / "config.json").exists()
-    return Trainer(train_cfg, resume=resume, validate=validation(train_cfg.val)).run()
+
+
+def _last_step(run: Path) -> int:
+    """The last logged step of a run (its history grows as it trains)."""
+    try:
+        lines = (run / "history.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            continue
+    return 0
+
+
+def _train_in_parallel(runs: list[TrainConfig]) -> None:
+    """Train each run in its own `clipocr train` process pinned to its own core.
+
+    On a 2-core machine two single-threaded runs side by side finish in about the time of one
+    run with both cores, because a small student's step does not scale past one thread. Each
+    process logs to RUN/train.log; the bar follows their history files.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from tqdm import tqdm
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    procs = []
+    for i, run_cfg in enumerate(runs):
+        run = Path(run_cfg.out)
+        run.mkdir(parents=True, exist_ok=True)
+        config_file = run / "demo-train.json"
+        config_file.write_text(json.dumps(run_cfg.to_dict(), indent=2) + "\n")
+        cmd = [sys.executable, "-m", "clipocr", "train", "--config", str(config_file)]
+        if (run / "config.json").exists():
+            cmd.append("--resume")
+        core = {cores[i % len(cores)]} if cores else None
+        log = open(run / "train.log", "ab")  # closed below, once the process has ended
+        procs.append(
+            (
+                run,
+                log,
+                subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=(lambda c=core: os.sched_setaffinity(0, c)) if core else None,
+                ),
+            )
+        )
+    total = sum(r.max_steps or 0 for r in runs)
+    with tqdm(total=total, desc="train (both runs)", unit="step") as bar:
+        while any(p.poll() is None for _, _, p in procs):
+            time.sleep(2)
+            bar.n = sum(_last_step(run) for run, _, _ in procs)
+            bar.refresh()
+    failed = []
+    for run, log, proc in procs:
+        log.close()
+        if proc.returncode != 0:
+            tail = (run / "train.log").read_text(errors="replace").strip().splitlines()[-5:]
+            failed.append(f"{run} (exit {proc.returncode}): " + " | ".join(tail))
+    if failed:
+        raise InputError("training failed: " + "; ".join(failed))
+
+
+def _train(runs: list[TrainConfig], parallel: bool) -> list[Path]:
+    """Train the runs not yet finished (each resumes if it started before); return the models."""
+    from clipocr.train_student.trainer import STUDENT_NAME, Trainer
+
+    models = [Path(r.out) / STUDENT_NAME for r in runs]
+    pending = [r for r, m in zip(runs, models, strict=True) if not m.exists()]
+    for r in runs:
+        if r not in pending:
+            typer.echo(f"{r.out}: already trained, kept")
+    if parallel and len(pending) > 1:
+        _train_in_parallel(pending)
+    else:
+        for r in pending:
+            resume = (Path(r.out) / "config.json").exists()
+            Trainer(r, resume=resume, validate=validation(r.val)).run()
+    return models
 
 
 def _evaluate(checkpoint: Path, test_root: Path, out_json: Path, grid: Path | None) -> Evaluation:
@@ -185,7 +276,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         teacher_text = f"open_clip {cfg.clip_model} with weights {cfg.clip_pretrained}"
     typer.secho(f"teacher: {teacher_text}", fg="cyan")
 
-    _stage("1/6 render words (train, val, test sets)")
+    _stage("1/5 render words (train, val, test sets)")
     _render(data / "train", cfg.scaled(cfg.train_words), cfg.data_seed + 1, "clean")
     _render(data / "val", cfg.scaled(cfg.test_words) // 2, cfg.data_seed + 2, "clean")
     _render(data / "test" / "synth_clean", cfg.scaled(cfg.test_words), cfg.data_seed + 3, "clean")
@@ -194,23 +285,31 @@ def run_demo(cfg: DemoConfig) -> dict:
         real = _real_lmdbs(Path(cfg.real_data), data, cfg.scaled(cfg.real_words), cfg.data_seed)
         typer.echo(f"real test sets: {', '.join(p.name for p in real) or 'none found'}")
 
-    _stage("2/6 prepare tar shards")
+    _stage("2/5 prepare tar shards")
     shards = data / "shards"
     if not (shards / "shards.json").exists():
         prepare_shards([data / "train"], shards, Charset.from_name("36"), shard_size=2000)
 
-    _stage("3/6 cache the teacher's stage features (once)")
+    _stage("3/5 cache the teacher's stage features (once)")
     store = out / "teacher_store"
     job = CacheJob(str(shards), str(store), teacher, RunnerConfig(batch_size=128, workers=1))
     run_cache(job, dask_workers=1, processes=False)
 
     runs = out / "runs" / f"seed{cfg.seed}"
-    _stage("4/6 train the plain baseline (--no-distill)")
-    baseline = _train(cfg, shards, store, data / "val", runs / "baseline", distill=False)
-    _stage("5/6 train the distilled student (same steps, same seed)")
-    distilled = _train(cfg, shards, store, data / "val", runs / "distilled", distill=True)
+    parallel = cfg.parallel and usable_cores() >= 2
+    _stage(
+        "4/5 train the plain baseline (--no-distill) and the distilled student (same steps, seed)"
+        + (", side by side on one core each" if parallel else "")
+    )
+    baseline, distilled = _train(
+        [
+            _train_config(cfg, shards, store, data / "val", runs / "baseline", distill=False),
+            _train_config(cfg, shards, store, data / "val", runs / "distilled", distill=True),
+        ],
+        parallel,
+    )
 
-    _stage("6/6 evaluate both with clipocr-eval")
+    _stage("5/5 evaluate both with clipocr-eval")
     reports = out / "eval" / f"seed{cfg.seed}"
     reports.mkdir(parents=True, exist_ok=True)
     base_eval = _evaluate(baseline, data / "test", reports / "baseline.json", None)
@@ -253,8 +352,12 @@ def demo_command(
     seed: Annotated[
         int, typer.Option(help="Training seed of both runs (another seed reuses the data).")
     ] = 0,
-    steps: Annotated[int, typer.Option(help="Training steps per run at scale 1.")] = 800,
-    preset: Annotated[str, typer.Option(help="Student size (mini fits a CPU).")] = "mini",
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps per run at scale 1 [default: the recipe's].")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Student size [default: the demo's CPU-sized preset].")
+    ] = None,
     clip_model: Annotated[
         str | None, typer.Option(help="Use this open_clip model instead of the bundled teacher.")
     ] = None,
@@ -265,14 +368,23 @@ def demo_command(
         Path | None,
         typer.Option(help="Folder with real word crops (IIIT5k_train_2000/, IC15_train_4468/)."),
     ] = None,
+    parallel: Annotated[
+        bool,
+        typer.Option(
+            "--parallel/--sequential",
+            help="Train both students at once, one process and one core each (needs 2 cores).",
+        ),
+    ] = True,
 ) -> None:
     """Run the whole pipeline on rendered words and print baseline vs distilled accuracy.
 
     Offline and CPU-only by default: the teacher is the small char-level CLIP bundled with
     clipocr. Rerunning with the same --out resumes, skipping finished stages.
     """
+    given = {"steps": steps, "preset": preset}
     cfg = DemoConfig(
-        out=str(out), scale=scale, seed=seed, steps=steps, preset=preset, clip_model=clip_model,
+        out=str(out), scale=scale, seed=seed, clip_model=clip_model, parallel=parallel,
         clip_pretrained=clip_pretrained, real_data=str(real_data) if real_data else None,
+        **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
     run_demo(cfg)
