@@ -182,7 +182,7 @@ def _train_in_parallel(runs: list[TrainConfig]) -> None:
         raise InputError("training failed: " + "; ".join(failed))
 
 
-def _train(runs: list[TrainConfig], parallel: bool) -> list[Path]:
+def train_runs(runs: list[TrainConfig], parallel: bool) -> list[Path]:
     """Train the runs not yet finished (each resumes if it started before); return the models."""
     from clipocr.train_student.trainer import STUDENT_NAME, Trainer
 
@@ -301,7 +301,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "4/5 train the plain baseline (--no-distill) and the distilled student (same steps, seed)"
         + (", side by side on one core each" if parallel else "")
     )
-    baseline, distilled = _train(
+    baseline, distilled = train_runs(
         [
             _train_config(cfg, shards, store, data / "val", runs / "baseline", distill=False),
             _train_config(cfg, shards, store, data / "val", runs / "distilled", distill=True),
