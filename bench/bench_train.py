@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 from clipocr.cache_teacher.runner import RunnerConfig
 from clipocr.cache_teacher.teacher import Teacher, load_teacher
 from clipocr.pipeline.charset import Charset
+from clipocr.pipeline.precision import autocast
 from clipocr.pipeline.teacher_store import STAGES_IMAGE, STAGES_TEXT, TeacherStore
 from clipocr.train_student.config import TrainConfig
 from clipocr.train_student.dataset import DistillStream, StreamConfig
@@ -77,7 +78,7 @@ def online_targets(
 ) -> dict:
     """The batch with the targets a cache would hold, computed now by the teacher."""
     images = batch["images"].to(device, non_blocking=True)
-    with runner.autocast(device):
+    with autocast(runner.precision, device):
         feats = teacher.features(images, batch["labels"])
     width = batch["tgt_in"].shape[1]
     if feats["text_s1"].shape[1] != width:

@@ -57,11 +57,12 @@ def fake_store(shard_dir: Path, out: Path, dims: dict = TINY_DIMS, seed: int = 0
     """A teacher store with random (but per-key deterministic) targets of the right shapes.
 
     Trainer tests need the store contract, not a real teacher; the caching job's own tests
-    build stores from a real (tiny) open_clip model.
+    build stores from a real (tiny) open_clip model. Like the cache, it lists the samples whose
+    image does not decode as missing instead of storing them.
     """
     import numpy as np
 
-    from clipocr.pipeline.shards import iter_shard_raw, shard_paths
+    from clipocr.pipeline.shards import iter_shard, shard_paths
     from clipocr.pipeline.teacher_store import StoreSpec, TeacherStoreWriter
 
     spec = StoreSpec(
@@ -72,7 +73,8 @@ def fake_store(shard_dir: Path, out: Path, dims: dict = TINY_DIMS, seed: int = 0
     writer = TeacherStoreWriter(out, spec)
     rng = np.random.default_rng(seed)
     for path in shard_paths(shard_dir):
-        samples = list(iter_shard_raw(path))
+        decoded = list(iter_shard(path))
+        samples = [s for s in decoded if s[1] is not None]
         b = len(samples)
         lmax = max(len(lab) for _, _, lab in samples) + 1
         feats = {
@@ -85,5 +87,5 @@ def fake_store(shard_dir: Path, out: Path, dims: dict = TINY_DIMS, seed: int = 0
         feats["text_lengths"] = np.array([len(lab) + 1 for _, _, lab in samples])
         with writer.open_shard(path.stem) as group:
             group.append([k for k, _, _ in samples], feats)
-            group.commit()
+            group.commit(missing=[k for k, image, _ in decoded if image is None])
     return out

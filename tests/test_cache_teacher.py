@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from clipocr.cache_teacher import runner as runner_mod
 from clipocr.cache_teacher.orchestrate import CacheJob, run_cache
-from clipocr.cache_teacher.runner import RunnerConfig
+from clipocr.cache_teacher.runner import LoaderFailed, RunnerConfig, cache_shard
 from clipocr.cache_teacher.teacher import TeacherConfig, load_teacher
 from clipocr.commands.app import app
 from clipocr.pipeline.charset import Charset
@@ -180,3 +180,69 @@ def test_cli_bad_input(tmp_path) -> None:
     assert isinstance(result.exception, InputError) and "no such shard folder" in str(
         result.exception
     )
+
+
+def test_store_of_other_images_with_the_same_words_is_caught(shards, tiny_teacher, tmp_path):
+    out = tmp_path / "store"
+    run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False, progress=False)
+    store = TeacherStore(out)
+    assert store.check_sources(shards, thorough=True) == []
+    from conftest import text_image
+
+    other, db = tmp_path / "other", tmp_path / "other_lmdb"
+    with LmdbWriter(db) as w:
+        for word in WORDS:
+            w.add(text_image(word, size=(110, 32)), word)  # same words, other images
+    prepare_shards([db], other, Charset.from_name("36"), 6, progress=False)
+    with pytest.raises(InputError, match="cached from other shards"):
+        store.check_sources(other)
+    result = CliRunner().invoke(
+        app, ["cache-teacher", "--verify", str(out), "--shards", str(other)]
+    )
+    assert result.exit_code == 1 and "cached from another source shard" in result.output
+    result = CliRunner().invoke(
+        app, ["cache-teacher", "--verify", str(out), "--shards", str(shards)]
+    )
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("fault", ["exit", "stall"])
+def test_dead_or_stalled_decoding_worker_fails_the_shard(
+    shards, tiny_teacher, tmp_path, monkeypatch, fault
+) -> None:
+    import os
+    import threading
+    import time
+
+    from clipocr.cache_teacher.teacher import store_spec
+    from clipocr.pipeline.teacher_store import TeacherStoreWriter
+
+    real = runner_mod._ShardImages.__getitem__
+
+    def faulty(self, i):
+        if i == 3:
+            if fault == "exit":
+                os._exit(1)  # as if the worker were killed (kill -9, OOM killer)
+            time.sleep(600)
+        return real(self, i)
+
+    monkeypatch.setattr(runner_mod._ShardImages, "__getitem__", faulty)
+    teacher = load_teacher(tiny_teacher)
+    writer = TeacherStoreWriter(tmp_path / "store", store_spec(teacher, "zstd"))
+    cfg = RunnerConfig(batch_size=2, workers=1, loader_timeout=3)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            with writer.open_shard("shard-000000") as group:
+                cache_shard(teacher, group, shards / "shard-000000.tar", cfg)
+        except Exception as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "cache_shard hung on a dead/stalled DataLoader worker"
+    assert isinstance(outcome.get("error"), LoaderFailed)
+    assert "shard-000000.tar: image decoding failed" in str(outcome["error"])
+    assert TeacherStore(tmp_path / "store").shards() == {}

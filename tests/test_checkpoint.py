@@ -102,3 +102,32 @@ def test_refuses_mismatched_weights_and_bad_config(model: Student, tmp_path: Pat
     save_file(state, future, metadata=dict(meta, format_version="99"))
     with pytest.raises(InputError, match="version"):
         load_student(future)
+
+
+def test_a_full_disk_is_an_os_error_and_leaves_no_file(
+    model: Student, tmp_path: Path, monkeypatch
+) -> None:
+    """The write fails part-way as on a full disk: an OSError (ENOSPC) the trainer can report
+    in one line, and neither a half file under the final name nor a temporary one left."""
+    import builtins
+    import errno
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.fh = builtins.open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("clipocr.train_student.checkpoint.open", FullDisk, raising=False)
+    with pytest.raises(OSError) as err:
+        save_student(tmp_path / "student.safetensors", model)
+    assert err.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

@@ -136,3 +136,82 @@ def test_multiworker_loader_matches_counts(data) -> None:
     batches = list(loader)
     assert len(batches) == stream.batches_per_epoch()
     assert sorted(lab for b in batches for lab in b["labels"]) == sorted(WORDS)
+
+
+# -- faults and bad input (issue 15) ----------------------------------------------------------
+def _copy_store(store: Path, out: Path) -> Path:
+    import shutil
+
+    shutil.copytree(store, out)
+    return out
+
+
+def test_batch_count_leaves_out_samples_the_store_lists_missing(tmp_path: Path) -> None:
+    """An undecodable image is in shards.json's count but not in the store: the epoch's count
+    is what the join yields, or the trainer would wait for a batch that never comes."""
+    from conftest import text_image, write_lmdb
+
+    from clipocr.pipeline.shards import prepare_shards
+
+    images = [text_image(w, "JPEG") for w in WORDS]
+    images[3] = images[3][:100]
+    db = write_lmdb(tmp_path / "db", list(zip(images, WORDS)))
+    shards = tmp_path / "shards"
+    prepare_shards([db], shards, CS, 8, progress=False)
+    store = TeacherStore(fake_store(shards, tmp_path / "store"))
+    assert store.missing("shard-000000") == ["shard-000000/000003"]
+    stream = DistillStream(shards, CS, StreamConfig(batch_size=5), store=store)
+    batches = _all(stream)
+    assert stream.batches_per_epoch() == len(batches) == 3  # 7 + 8 samples, not 8 + 8
+    assert sum(len(b["labels"]) for b in batches) == 15
+
+
+def test_store_counts_that_do_not_fit_shards_json_are_refused(data, tmp_path: Path) -> None:
+    shards, _ = data
+    other = make_shards(tmp_path, WORDS, shard_size=4)  # 4 groups of 4, against 5, 5, 5, 1
+    store = TeacherStore(fake_store(other, tmp_path / "other_store"))
+    with pytest.raises(InputError, match="4 targets \\+ 0 missing, but shards.json counts 5"):
+        DistillStream(shards, CS, StreamConfig(), store=store)
+
+
+def test_a_damaged_chunk_names_its_shard(data, tmp_path: Path) -> None:
+    """A chunk cut short (Blosc cannot decompress it, or its checksum fails): the error is one
+    line that names the shard's group (the store's reader says so; here: it reaches the user)."""
+    shards, store_dir = data
+    damaged = _copy_store(store_dir, tmp_path / "store")
+    chunk = damaged / "shard-000002" / "image_s2" / "c" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    stream = DistillStream(shards, CS, StreamConfig(augment=False), store=TeacherStore(damaged))
+    with pytest.raises(InputError, match=f"{damaged / 'shard-000002'}") as err:
+        _all(stream)
+    assert "\n" not in str(err.value)
+
+
+def test_manifest_dims_that_do_not_fit_the_arrays_are_refused(data, tmp_path: Path) -> None:
+    import json
+
+    shards, store_dir = data
+    edited = _copy_store(store_dir, tmp_path / "store")
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["dims"]["image"] = 32
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"image_s1.*\(5, 17, 24\).*\(5, 17, 32\)"):
+        DistillStream(shards, CS, StreamConfig(), store=TeacherStore(edited))  # not mid-epoch
+
+
+def test_augmentation_starts_at_augment_from_epoch(data) -> None:
+    """Epoch 0 of a stream with augment_from_epoch=1 is pixel-identical to an unaugmented one;
+    epoch 1 is augmented."""
+    shards, _ = data
+
+    def images(cfg: StreamConfig, epoch: int) -> dict[str, torch.Tensor]:
+        stream = DistillStream(shards, CS, cfg)
+        stream.set_epoch(epoch)
+        return {k: im for b in _all(stream) for k, im in zip(b["keys"], b["images"], strict=True)}
+
+    late = StreamConfig(batch_size=4, augment=True, augment_from_epoch=1, shuffle_buffer=1)
+    plain = StreamConfig(batch_size=4, augment=False, shuffle_buffer=1)
+    clean, later = images(late, 0), images(late, 1)
+    assert all(torch.equal(im, images(plain, 0)[k]) for k, im in clean.items())
+    reference = images(plain, 1)
+    assert any(not torch.equal(im, reference[k]) for k, im in later.items())

@@ -192,3 +192,79 @@ def test_parameter_counts(preset: str, expected: int) -> None:
         # The bulk is the 12 standard ViT-S blocks: qkv 443,520 + proj 147,840 + MLP 1,181,568
         # + 2 LayerNorms 1,536 = 1,774,464 each.
         assert sum(p.numel() for p in model.encoder.blocks.parameters()) == 12 * 1_774_464
+
+
+def test_ctc_head_reads_grid_columns_and_collapses_repeats() -> None:
+    """One CTC frame per token column; greedy decoding merges repeats and drops blanks (EOS)."""
+    torch.manual_seed(0)
+    model = Student(student_config("test", ctc_weight=1.0, patch_size=(32, 4))).eval()
+    images = torch.randn(2, 3, 32, 128)
+    tgt_in, _ = model.charset.batch_targets(["ab", "c"])
+    out = model(images, tgt_in)
+    assert out.ctc_logits is not None and out.ctc_logits.shape == (2, 32, 37)
+    a, b = model.charset.encode("ab")
+    blank = model.charset.eos_id
+    frames = [a, a, blank, a, b, b] + [blank] * 26  # "a a _ a b b _ …" → "aab"
+    logits = torch.full((2, 32, 37), -10.0)
+    logits[0, torch.arange(32), torch.tensor(frames)] = 10.0
+    logits[1, :, blank] = 10.0
+    model.ctc_logits = lambda memory: logits  # type: ignore[method-assign]
+    (text0, conf0), (text1, _) = model.read_ctc(images)
+    assert (text0, text1) == ("aab", "")
+    assert 0.99 < conf0 <= 1.0
+
+
+def test_students_without_ctc_have_no_ctc_head() -> None:
+    model = Student(student_config("test"))
+    assert model.ctc_head is None
+    assert (
+        model(torch.randn(1, 3, 32, 128), torch.tensor([[model.charset.bos_id]])).ctc_logits is None
+    )
+    with pytest.raises(ValueError, match="no CTC head"):
+        model.read_ctc(torch.randn(1, 3, 32, 128))
+
+
+def test_additions_round_trip_and_stay_off_in_the_paper_preset() -> None:
+    cfg = student_config("demo")
+    assert (cfg.stem, cfg.dec_layer) != ("linear", "standard") or cfg.ctc_weight > 0
+    assert StudentConfig.from_dict(cfg.to_dict()) == cfg
+    paper = PRESETS["small"]
+    assert (paper.stem, paper.ctc_weight, paper.dec_layer) == ("linear", 0.0, "standard")
+    for bad in ({"ctc_weight": -1.0}, {"dec_layer": "parallel"}):
+        with pytest.raises(ValueError):
+            student_config("test", **bad)
+
+
+def test_ctc_align_adds_each_columns_character_index() -> None:
+    """Greedy path "a a _ b _ b c" → indices 1 1 1 2 2 3 4: a new index at every character start
+    (a repeat after a blank is a new character), the same for every row of the grid."""
+    torch.manual_seed(0)
+    cfg = student_config("test", ctc_weight=1.0, ctc_align=True, patch_size=(16, 16))
+    model = Student(cfg).eval()  # grid 2 × 8 → 8 CTC frames
+    a, b, c = model.charset.encode("abc")
+    blank = model.charset.eos_id
+    path = torch.tensor([a, a, blank, b, blank, b, c, blank])
+    logits = torch.full((1, 8, 37), -10.0)
+    logits[0, torch.arange(8), path] = 10.0
+    model.ctc_logits = lambda memory: logits  # type: ignore[method-assign]
+    memory = torch.randn(1, 1 + 16, cfg.enc_dim)
+    added = model._aligned(memory) - memory
+    want = model.align_embed(torch.tensor([1, 1, 1, 2, 2, 3, 4, 4] * 2))
+    torch.testing.assert_close(added[0, 1:], want)
+    assert float(added[0, 0].abs().sum()) == 0.0  # the class token is left alone
+    with pytest.raises(ValueError, match="ctc_align"):
+        student_config("test", ctc_align=True)
+
+
+def test_ctc_align_generate_matches_teacher_forcing() -> None:
+    torch.manual_seed(0)
+    model = Student(student_config("test", ctc_weight=1.0, ctc_align=True)).eval()
+    images = torch.randn(3, 3, 32, 128)
+    ids, _ = model.generate(images)
+    bos = torch.full((3, 1), model.charset.bos_id)
+    with torch.no_grad():
+        argmax = model(images, torch.cat([bos, ids[:, :-1]], dim=1)).logits.argmax(-1)
+    for row in range(3):
+        hits = (ids[row] == model.charset.eos_id).nonzero()
+        end = int(hits[0]) + 1 if len(hits) else ids.shape[1]
+        assert torch.equal(argmax[row, :end], ids[row, :end])

@@ -9,7 +9,13 @@ import pytest
 import zarr
 from store_helpers import SHARD, batch, expected_samples, spec, write_shard
 
-from clipocr.pipeline.teacher_store import TeacherStore, TeacherStoreWriter, format_verify_report
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.teacher_store import (
+    TeacherStore,
+    TeacherStoreWriter,
+    format_verify_report,
+    shard_digest,
+)
 
 
 def test_lossless_round_trip_is_exact_float16(tmp_path: Path) -> None:
@@ -94,3 +100,85 @@ def test_verify_detects_keys_out_of_line(tmp_path: Path) -> None:
     probs = TeacherStore(root).verify()["shards"][SHARD]["problems"]
     assert any("keys: 4 stored, count says 5" in p for p in probs)
     assert any("duplicates" in p for p in probs)
+
+
+def _flip(path: Path, at: int, n: int = 4) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(at, at + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_chunk_are_caught(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_shard(root, spec(), [12])
+    chunk = root / SHARD / "image_s1" / "c" / "1" / "0" / "0"
+    _flip(chunk, len(chunk.read_bytes()) // 2)  # inside the compressed payload
+    store = TeacherStore(root)
+    probs = store.verify()["problems"]
+    assert any(p.startswith(f"{SHARD}: unreadable") and "checksum" in p for p in probs), probs
+    with pytest.raises(InputError, match=rf"{SHARD}/image_s1: chunk 1 unreadable.*checksum"):
+        list(store.iter_shard(SHARD))
+
+
+@pytest.mark.parametrize("array", ["image_s3", "text_s1", "keys"])
+def test_deleted_chunk_is_an_error_not_zeros(tmp_path: Path, array: str) -> None:
+    root = tmp_path / "s"
+    write_shard(root, spec(), [12])
+    chunks = sorted((root / SHARD / array / "c").rglob("*"))
+    next(p for p in chunks if p.is_file()).unlink()
+    store = TeacherStore(root)
+    report = store.verify()
+    assert not report["ok"]
+    assert any(f"{array}: " in p and "chunk files stored" in p for p in report["problems"])
+    with pytest.raises(InputError, match=rf"{SHARD}: teacher group does not hold .*: {array}: "):
+        next(store.iter_chunks(SHARD))
+
+
+def test_store_without_checksums_stays_readable(tmp_path: Path, monkeypatch) -> None:
+    from clipocr.pipeline.teacher_store import writer
+
+    monkeypatch.setattr(writer, "checksummed", lambda *comp: comp)  # as older versions wrote
+    root = tmp_path / "s"
+    batches = write_shard(root, spec(), [6])
+    store = TeacherStore(root)
+    report = store.verify()
+    assert report["ok"] and report["unchecksummed"] == [SHARD]
+    assert "no chunk checksums recorded in 1 group" in format_verify_report(report)
+    assert len(list(store.iter_shard(SHARD))) == len(expected_samples(batches))
+
+
+def test_check_sources_and_verify_compare_the_source_shards(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    tar = shards / f"{SHARD}.tar"
+    tar.write_bytes(bytes(range(256)) * 600)  # bigger than the two sampled ends
+    root = tmp_path / "s"
+    rng = np.random.default_rng(0)
+    with TeacherStoreWriter(root, spec()).open_shard(SHARD) as group:
+        group.append(*batch(rng, 0, 3))
+        group.commit(source=shard_digest(tar))
+    store = TeacherStore(root)
+    index = {"charset": "36", "shards": [{"name": tar.name, "count": 3}]}
+    assert store.check_sources(shards) == [] and store.verify(index, shards)["ok"]
+    # the same size, other bytes in the middle: only the full digest sees it
+    _flip(tar, 300 * 256)
+    assert store.check_sources(shards) == []
+    with pytest.raises(InputError, match="other shards"):
+        store.check_sources(shards, thorough=True)
+    probs = store.verify(index, shards)["problems"]
+    assert any("cached from another source shard" in p and "SHA-256" in p for p in probs)
+    _flip(tar, 10)  # other images at the start
+    with pytest.raises(InputError, match="content differs"):
+        store.check_sources(shards)
+
+
+def test_store_without_source_digests_is_noted_not_failed(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_shard(root, spec(), [3])  # committed without a source digest, as older versions did
+    (tmp_path / f"{SHARD}.tar").write_bytes(b"x" * 100)
+    store = TeacherStore(root)
+    assert store.check_sources(tmp_path) == [SHARD]
+    report = store.verify(None, tmp_path)
+    assert report["ok"] and report["unsourced"] == [SHARD]
+    assert "no source digests recorded" in format_verify_report(report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import SHARD, batch, spec, write_shard
+from store_helpers import SHARD, batch, expected_samples, spec, write_shard
 
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.teacher_store import TeacherStore, TeacherStoreWriter
@@ -108,3 +109,99 @@ def test_append_validates_shapes(tmp_path: Path) -> None:
             group.append(keys, {k: v for k, v in feats.items() if k != "text_emb"})
         with pytest.raises(ValueError, match="text_lengths exceed"):
             group.append(keys, feats | {"text_lengths": np.array([7, 1])})
+
+
+def _tmp_dirs(root: Path) -> list[Path]:
+    return [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+
+
+def _values(root: Path) -> dict:
+    return {k: f for k, f in TeacherStore(root).iter_shard(SHARD)}
+
+
+def test_overlapping_writers_never_publish_zeros(tmp_path: Path) -> None:
+    # A stalls after its first chunk; B (a rerun) caches the same shard meanwhile. B must not
+    # remove A's group, and A's late commit must not replace B's group with a holed copy.
+    root = tmp_path / "s"
+    writer = TeacherStoreWriter(root, spec(), chunk_samples=4)
+    a = writer.open_shard(SHARD)
+    a.append(*batch(np.random.default_rng(0), 0, 6))  # one chunk of each array on storage
+    want = write_shard(root, spec(), [10], seed=1)  # B: opens, writes and commits
+    a.append(*batch(np.random.default_rng(2), 6, 4))
+    assert a.commit() == 10  # the shard was published meanwhile: A drops its copy
+    got = _values(root)
+    for key, sample in expected_samples(want):
+        for tap, value in sample.items():
+            np.testing.assert_array_equal(got[key][tap], value.astype(np.float16))
+    assert TeacherStore(root).verify()["ok"] and not _tmp_dirs(root)
+
+
+def test_second_process_leaves_a_live_writer_alone(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    TeacherStoreWriter(root, spec(), chunk_samples=4)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from store_helpers import batch, spec, SHARD
+        from clipocr.pipeline.teacher_store import TeacherStoreWriter
+        group = TeacherStoreWriter({str(root)!r}, spec(), chunk_samples=4).open_shard(SHARD)
+        group.append(*batch(np.random.default_rng(0), 0, 6))
+        print("half", flush=True)
+        sys.stdin.readline()  # stalled until told to go on
+        group.append(*batch(np.random.default_rng(2), 6, 4))
+        print(group.commit(), flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "half"
+        live = _tmp_dirs(root)
+        want = write_shard(root, spec(), [10], seed=1)
+        assert _tmp_dirs(root) == live  # the live writer's group was left alone
+        out, _ = proc.communicate("go\n", timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out.strip() == "10"
+    got = _values(root)
+    assert not any((got[k]["image_s1"] == 0).all() for k in got)
+    for key, sample in expected_samples(want):
+        np.testing.assert_array_equal(got[key]["image_s1"], sample["image_s1"].astype(np.float16))
+    assert TeacherStore(root).verify()["ok"] and not _tmp_dirs(root)
+
+
+def test_commit_refuses_a_group_with_a_missing_chunk(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    writer = TeacherStoreWriter(root, spec(), chunk_samples=4)
+    group = writer.open_shard(SHARD)
+    group.append(*batch(np.random.default_rng(0), 0, 10))
+    (root / group._dir / "image_s2" / "c" / "1" / "0" / "0").unlink()
+    with pytest.raises(RuntimeError, match=r"not published: image_s2: 2 of 3 chunk files"):
+        group.commit()
+    assert TeacherStore(root).shards() == {} and not _tmp_dirs(root)
+
+
+def test_commit_refuses_a_group_removed_while_writing(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    writer = TeacherStoreWriter(root, spec(), chunk_samples=4)
+    group = writer.open_shard(SHARD)
+    group.append(*batch(np.random.default_rng(0), 0, 6))
+    shutil.rmtree(root / group._dir)  # e.g. removed by hand, or by an older version's rerun
+    group.append(*batch(np.random.default_rng(1), 6, 6))
+    with pytest.raises(RuntimeError, match="removed or taken over"):
+        group.commit()
+    assert TeacherStore(root).shards() == {} and not _tmp_dirs(root)
+
+
+def test_object_store_refuses_a_second_writer_while_the_first_lives(tmp_path: Path) -> None:
+    root = f"memory://store-{uuid.uuid4().hex}"
+    writer = TeacherStoreWriter(root, spec(), chunk_samples=4)
+    first = writer.open_shard(SHARD)
+    first.append(*batch(np.random.default_rng(0), 0, 5))
+    with pytest.raises(InputError, match="being written by pid"):
+        writer.open_shard(SHARD)
+    first.append(*batch(np.random.default_rng(1), 5, 3))
+    assert first.commit() == 8
+    assert TeacherStore(root).verify()["ok"]

@@ -1,8 +1,11 @@
+import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,8 @@ from clipocr.pipeline.preprocess import normalize
 from clipocr.pipeline.shards import ShardReader
 from clipocr.train_student.checkpoint import load_student
 from clipocr.train_student.config import TrainConfig
-from clipocr.train_student.trainer import Trainer, checkpoint_dirs
+from clipocr.train_student.run_dir import checkpoint_dirs
+from clipocr.train_student.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +272,229 @@ def test_cpu_threads_leave_a_core_per_worker(data, tmp_path: Path, monkeypatch, 
     with pytest.raises(InputError, match="threads must be >= 1"):
         _cfg(data, tmp_path / "d", threads=0)
     assert "threads" in TrainConfig.RESUMABLE_CHANGES
+
+
+# -- faults and bad input (issue 15) ----------------------------------------------------------
+@pytest.fixture
+def deadline():
+    """Fail a test that hangs instead of waiting forever (the loop runs Python code, so the
+    alarm's exception lands in it)."""
+
+    def expired(signum, frame):
+        raise TimeoutError("the run did not finish in time (hang?)")
+
+    before = signal.signal(signal.SIGALRM, expired)
+    yield lambda seconds: signal.alarm(seconds)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, before)
+
+
+def _shards_with_a_truncated_jpeg(root: Path) -> Path:
+    """17 JPEG words, the 10th cut to 100 bytes (`head -c 100`): prepare keeps it (its header
+    is a JPEG's), the teacher cache lists it missing."""
+    from clipocr.pipeline.charset import Charset
+    from clipocr.pipeline.shards import prepare_shards
+
+    words = [*WORDS, "extra"]
+    images = [text_image(w, "JPEG") for w in words]
+    images[9] = images[9][:100]
+    db = write_lmdb(root / "jpeg_lmdb", list(zip(images, words)))
+    prepare_shards([db], root / "shards", Charset.from_name("36"), 16, progress=False)
+    return root / "shards"
+
+
+def test_epoch_ends_with_the_stream_when_the_store_lists_missing_samples(tmp_path, deadline):
+    """shards.json counts 17 samples (3 batches of 8), the store holds 16 (2 batches): the run
+    must count 2 batches an epoch and go on to the next epoch, not re-read a finished one."""
+    shards = _shards_with_a_truncated_jpeg(tmp_path)
+    store = fake_store(shards, tmp_path / "store")
+    deadline(120)
+    trainer = Trainer(_cfg((shards, store), tmp_path / "run", max_steps=3))
+    trainer.run()
+    assert vars(trainer.pos) == {"step": 3, "epoch": 1, "batch_in_epoch": 1}
+    assert trainer.steps_per_epoch == 2
+
+
+def test_epoch_ends_with_a_stream_shorter_than_counted(tmp_path, deadline, caplog):
+    """Without a store an undecodable image is dropped as it is read; with batches of one it
+    takes its batch along, so the stream ends a batch early: the epoch ends with it (before, the
+    loop re-read the epoch and trained on its last sample twice)."""
+    shards = _shards_with_a_truncated_jpeg(tmp_path)
+    cfg = TrainConfig(
+        shards=str(shards), distill=False, out=str(tmp_path / "b"), preset="test", batch_size=1,
+        workers=0, threads=1, max_steps=20, progress=False, log_every=1, ckpt_every=1000,
+    )  # fmt: skip
+    deadline(120)
+    trainer = Trainer(cfg)
+    trainer.run()
+    assert vars(trainer.pos) == {"step": 20, "epoch": 1, "batch_in_epoch": 4}
+    assert "ended after 16 of the 17 batches" in caplog.text
+
+
+def test_resume_with_a_larger_step_budget_follows_the_longer_schedule(data, tmp_path) -> None:
+    """`--resume --max-steps 8` after a 4-step run: the one-cycle schedule is rebuilt for 8
+    steps and continued from step 4, so steps 5-8 run at the 8-step run's learning rates."""
+    Trainer(_cfg(data, tmp_path / "r", max_steps=4, ckpt_every=2)).run()
+    longer = Trainer(_cfg(data, tmp_path / "r", max_steps=8, ckpt_every=2), resume=True)
+    assert longer.pos.step == 4
+    longer.run()
+    Trainer(_cfg(data, tmp_path / "eight", max_steps=8)).run()
+    lrs = [r["lr"] for r in _history(tmp_path / "r")]
+    assert [r["step"] for r in _history(tmp_path / "r")] == list(range(1, 9))
+    assert lrs[4:] == pytest.approx([r["lr"] for r in _history(tmp_path / "eight")][4:])
+    with pytest.raises(InputError, match="at step 8, past the step budget 6"):
+        Trainer(_cfg(data, tmp_path / "r", max_steps=6, ckpt_every=2), resume=True)
+
+
+def test_resume_compares_places_and_refuses_another_worker_count(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shards, store = data
+    rel = os.path.relpath(shards, tmp_path)
+    Trainer(_cfg(data, Path("rel"), max_steps=2, ckpt_every=1, shards=rel)).run()
+    again = Trainer(_cfg(data, tmp_path / "rel", max_steps=3, ckpt_every=1), resume=True)
+    assert again.pos.step == 2
+    with pytest.raises(InputError, match=r"different settings: workers \(the order of the data"):
+        Trainer(_cfg(data, Path("rel"), max_steps=3, workers=2), resume=True)
+    assert "workers" not in TrainConfig.RESUMABLE_CHANGES
+
+
+def _truncate(path: Path, keep: int = 100) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def test_resume_falls_back_past_damaged_states(data, tmp_path: Path, caplog) -> None:
+    """A truncated newest state.pt, a garbage one before it: resume from the one before that,
+    with warnings, and train on exactly as the uninterrupted run did (history without repeats)."""
+    Trainer(_cfg(data, tmp_path / "full", max_steps=6)).run()
+    run = tmp_path / "run"
+    Trainer(_cfg(data, run, max_steps=6, ckpt_every=2, keep_checkpoints=3)).run()
+    (run / "student.safetensors").unlink()
+    six, four, two = reversed(checkpoint_dirs(run))
+    _truncate(six / "state.pt")
+    (four / "state.pt").write_bytes(b"garbage" * 100)
+    resumed = Trainer(_cfg(data, run, max_steps=6, ckpt_every=2, keep_checkpoints=3), resume=True)
+    assert resumed.pos.step == 2
+    assert f"{six / 'state.pt'}: cannot resume from it" in caplog.text
+    resumed.run()
+    assert [r["step"] for r in _history(run)] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(_history(tmp_path / "full"), _history(run), strict=True):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6)
+    for ckpt in checkpoint_dirs(run):
+        (ckpt / "state.pt").unlink()
+    with pytest.raises(InputError, match="no checkpoint has a readable state.pt") as err:
+        Trainer(_cfg(data, run, max_steps=6, ckpt_every=2), resume=True)
+    assert "\n" not in str(err.value)
+
+
+def test_truncated_config_json_is_a_one_line_error(data, tmp_path: Path) -> None:
+    Trainer(_cfg(data, tmp_path / "r", max_steps=1)).run()
+    _truncate(tmp_path / "r" / "config.json", 50)
+    with pytest.raises(InputError, match="config.json: unreadable, cannot resume"):
+        Trainer(_cfg(data, tmp_path / "r", max_steps=2), resume=True)
+
+
+def test_history_after_resume_has_each_step_once(data, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    Trainer(_cfg(data, run, max_steps=4, ckpt_every=2)).run()
+    shutil.rmtree(checkpoint_dirs(run)[-1])
+    with open(run / "history.jsonl", "a") as fh:
+        fh.write('{"step": 5, "lo')  # the torn last line of a killed run
+    Trainer(_cfg(data, run, max_steps=4, ckpt_every=2), resume=True).run()
+    assert [r["step"] for r in _history(run)] == [1, 2, 3, 4]
+
+
+def _disk_fills_at(monkeypatch, calls: int) -> None:
+    """The `calls`-th state.pt write onwards fails as a full disk does, after a partial write."""
+    real, seen = torch.save, []
+
+    def save(obj, f, *args, **kw):
+        seen.append(1)
+        if len(seen) < calls:
+            return real(obj, f, *args, **kw)
+        with open(f, "ab") if isinstance(f, (str, os.PathLike)) else nullcontext(f) as fh:
+            fh.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_disk_full_while_checkpointing(data, tmp_path: Path, monkeypatch) -> None:
+    """One line, no half checkpoint under a final name, the last one kept; --resume goes on."""
+    run = tmp_path / "r"
+    _disk_fills_at(monkeypatch, calls=2)
+    with pytest.raises(InputError, match="disk full while training") as err:
+        Trainer(_cfg(data, run, max_steps=4, ckpt_every=2)).run()
+    assert "\n" not in str(err.value)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
+    monkeypatch.undo()
+    Trainer(_cfg(data, run, max_steps=4, ckpt_every=2), resume=True).run()
+    assert [p.name for p in checkpoint_dirs(run)] == ["step-00000002", "step-00000004"]
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_a_reusable_folder(
+    data, tmp_path: Path, monkeypatch
+) -> None:
+    shards, store = data
+    no_index = tmp_path / "no_index"
+    shutil.copytree(shards, no_index, ignore=shutil.ignore_patterns("shards.json"))
+    run = tmp_path / "r"
+    with pytest.raises(InputError, match="shards.json: missing"):
+        Trainer(_cfg(data, run, max_steps=2, shards=str(no_index)))
+    assert not (run / "config.json").exists()
+    _disk_fills_at(monkeypatch, calls=1)
+    with pytest.raises(InputError, match="disk full"):
+        Trainer(_cfg(data, run, max_steps=2, ckpt_every=1)).run()
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="no finished checkpoint to resume from; start the run"):
+        Trainer(_cfg(data, run, max_steps=2), resume=True)
+    Trainer(_cfg(data, run, max_steps=2)).run()  # starts over
+    assert [r["step"] for r in _history(run)] == [1, 2]
+
+
+def test_input_error_in_a_worker_reads_as_its_own_line(data, tmp_path: Path) -> None:
+    shards, _ = data
+    other = make_shards(tmp_path, list(reversed(WORDS)), shard_size=16)
+    store = fake_store(other, tmp_path / "other_store")
+    trainer = Trainer(_cfg(data, tmp_path / "r", max_steps=2, workers=1, teacher_store=str(store)))
+    with pytest.raises(InputError) as err:
+        trainer.run()
+    message = str(err.value)
+    assert message.startswith(f"{store}/shard-00000") and "\n" not in message, message
+
+
+def test_ctc_student_trains_with_a_named_ctc_term(data, tmp_path: Path) -> None:
+    """Student overrides reach the model; the CTC term is logged, validated and exported."""
+    shards, _ = data
+    val = write_lmdb(tmp_path / "val", [(text_image(w), w) for w in WORDS[:4]])
+    run = tmp_path / "ctc"
+    cfg = _cfg(data, run, student={"stem": "conv", "ctc_weight": 0.5, "dec_layer": "two_stream"},
+               max_steps=2, val=[str(val)], val_every=2, dec_lr_scale=3.0)  # fmt: skip
+    from clipocr.commands.train import validation
+
+    trainer = Trainer(cfg, validate=validation(cfg.val))
+    base, dec = (g["initial_lr"] for g in trainer.optimizer.param_groups)
+    assert dec == pytest.approx(3.0 * base)
+    trainer.run()
+    history = _history(run)
+    assert {"ce", "ctc", "aam_img1", "loss"} <= history[0].keys()
+    assert any("val_ctc_acc/val" in r for r in history)
+    student = load_student(run / "student.safetensors")
+    assert (student.cfg.stem, student.cfg.ctc_weight) == ("conv", 0.5)
+    _, image, _ = next(iter(ShardReader(shards)))
+    assert len(student.read_ctc(normalize(image[None]))) == 1
+    with pytest.raises(InputError, match="bad student settings"):
+        _cfg(data, tmp_path / "bad", student={"stem": "resnet"})
+
+
+def test_param_groups_put_the_whole_decoder_side_in_the_second_group() -> None:
+    from clipocr.train_student.model import Student, student_config
+    from clipocr.train_student.system import DistillSystem, param_groups
+
+    student = Student(student_config("test", ctc_weight=1.0))
+    rest, dec = param_groups(DistillSystem(student), 1e-3, 2.0)
+    names = {id(p): n for n, p in student.named_parameters()}
+    dec_names = {names[id(p)] for p in dec["params"]}
+    assert dec["lr"] == 2e-3 and rest["lr"] == 1e-3
+    assert "pos_queries" in dec_names and "head.weight" in dec_names
+    assert not any(n.startswith(("encoder", "ctc_head")) for n in dec_names)
+    assert len(rest["params"]) + len(dec["params"]) == len(list(student.parameters()))

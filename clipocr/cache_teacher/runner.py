@@ -5,6 +5,12 @@ pass; decoding then runs in DataLoader workers over a map-style view that keeps 
 Each batch goes to the GPU with a non-blocking copy from pinned memory, through the teacher under
 `inference_mode` and autocast, and its features are handed to a writer thread, so Zarr encoding
 and disk writes overlap the next batch's forward pass.
+
+A decoding worker that dies (killed, out of memory) or stalls must fail the task, not hang it:
+the DataLoader waits at most `RunnerConfig.loader_timeout` seconds for a batch, and any error
+from the loader is re-raised naming the shard (`LoaderFailed`), so dask retries the shard and
+reports it if it keeps failing. The group records the source shard's digest
+(`teacher_store.shard_digest`) so a store can later be checked against the shards it is used with.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import multiprocessing
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +31,7 @@ from clipocr.cache_teacher.teacher import Teacher
 from clipocr.pipeline.precision import autocast
 from clipocr.pipeline.preprocess import load_uint8
 from clipocr.pipeline.shards import iter_shard_raw
-from clipocr.pipeline.teacher_store import ShardGroupWriter, parse_codec
+from clipocr.pipeline.teacher_store import ShardGroupWriter, parse_codec, shard_digest
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,13 @@ class RunnerConfig:
     workers: int = 4
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU; or bf16 | fp16 | fp32
     codec: str = "zstd"
+    # Seconds to wait for one batch from the decoding workers before failing the shard (a batch
+    # of 256 small JPEGs decodes in well under a second per worker).
+    loader_timeout: float = 120.0
+
+
+class LoaderFailed(RuntimeError):
+    """The image-decoding workers of one shard died or stalled (the task fails; dask retries)."""
 
 
 class _ShardImages(Dataset):
@@ -104,6 +117,22 @@ class _WriterThread(threading.Thread):
             raise self.error
 
 
+def _batches(loader: DataLoader, shard_path: Path) -> Iterator[dict]:
+    """The loader's batches; any failure of the loader itself is re-raised naming the shard."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:  # a dead worker, a timeout, a broken worker pipe
+            raise LoaderFailed(
+                f"{shard_path}: image decoding failed ({type(err).__name__}: {err}); "
+                "a DataLoader worker died or stalled"
+            ) from err
+        yield batch
+
+
 def cache_shard(
     teacher: Teacher,
     group: ShardGroupWriter,
@@ -130,14 +159,16 @@ def cache_shard(
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
+        timeout=cfg.loader_timeout if workers else 0,
     )
     # Lossless float16 storage needs only half-precision copies off the device; lossy codecs
     # quantise from float32 so their measured fidelity is against float32.
     writer = _WriterThread(group, as_float32=not parse_codec(cfg.codec).lossless)
     writer.start()
     missing: list[str] = []
+    source = shard_digest(shard_path)
     try:
-        for batch in loader:
+        for batch in _batches(loader, shard_path):
             missing += batch["missing"]
             if batch["images"] is not None:
                 images = batch["images"].to(device, non_blocking=True)
@@ -148,7 +179,7 @@ def cache_shard(
                 on_batch(len(batch["keys"]) + len(batch["missing"]))
     finally:
         writer.finish()
-    count = group.commit(missing)
+    count = group.commit(missing, source=source)
     return {
         "shard": shard_path.name,
         "count": count,

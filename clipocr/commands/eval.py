@@ -56,6 +56,7 @@ def run_evaluation(
     speed: bool = True,
     echo: bool = True,
     threads: int | None = None,
+    decoding: str = "ar",
 ) -> Evaluation:
     """Load the student, evaluate it on every LMDB under `data`, optionally time it."""
     if charset not in TEST_CHARSETS:
@@ -86,6 +87,7 @@ def run_evaluation(
         charsets=tuple(dict.fromkeys((PROTOCOL_CHARSET, charset))),
         limit=limit,
         progress=echo and sys.stderr.isatty(),
+        decoding=decoding,
     )
     timing = None
     if speed:
@@ -139,6 +141,13 @@ def evaluate_command(
         bool, typer.Option(help="Time ms/image at batch 1 and images/s at --batch-size.")
     ] = True,
     threads: ThreadsOption = None,
+    decoding: Annotated[
+        str,
+        typer.Option(
+            help="ar = the autoregressive decoder (the protocol); ctc = the student's auxiliary "
+            "CTC head on its encoder tokens (students trained with ctc_weight > 0)."
+        ),
+    ] = "ar",
 ) -> None:
     """Evaluate a student on every LMDB under --data with PARSeq's test protocol."""
     if average not in ("sub", "full"):
@@ -148,7 +157,7 @@ def evaluate_command(
 
     result = run_evaluation(
         checkpoint, data, names=names, charset=charset, batch_size=batch_size, device=device,
-        limit=limit, speed=speed, threads=threads,
+        limit=limit, speed=speed, threads=threads, decoding=decoding,
     )  # fmt: skip
     report = result.report
     for cs in report.charsets:

@@ -87,8 +87,9 @@ def cache_teacher(
     """Run the frozen CLIP teacher once over every shard and cache its stage features.
 
     One dask task per shard; finished shards are skipped, so rerunning after a kill resumes.
-    With --verify STORE, checks completeness, counts, key alignment and NaN/Inf instead, and
-    reports bytes/sample.
+    With --verify STORE, checks completeness, counts, key alignment, every chunk (present, its
+    checksum, NaN/Inf) and, with --shards, that the store was cached from those shard files
+    (their SHA-256) instead, and reports bytes/sample.
     """
     from clipocr.pipeline.errors import InputError
 
@@ -136,7 +137,8 @@ def _verify(store_path: Path, shards: Path | None) -> None:
     from clipocr.pipeline.shards import load_index
     from clipocr.pipeline.teacher_store import TeacherStore, format_verify_report
 
-    report = TeacherStore(store_path).verify(load_index(shards) if shards is not None else None)
+    index = load_index(shards) if shards is not None else None
+    report = TeacherStore(store_path).verify(index, shards)
     typer.echo(format_verify_report(report))
     if not report["ok"]:
         raise typer.Exit(1)

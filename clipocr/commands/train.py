@@ -29,7 +29,11 @@ def validation(paths: list[str]) -> Callable[[Student, torch.device], dict[str, 
         from clipocr.evaluate import evaluate
 
         report = evaluate(student, paths, device=device, progress=False)
-        return {f"val_acc/{row.name}": row.accuracy for row in report.rows}
+        out = {f"val_acc/{row.name}": row.accuracy for row in report.rows}
+        if student.ctc_head is not None:  # does the encoder read where the decoder does not?
+            ctc = evaluate(student, paths, device=device, decoding="ctc")
+            out.update({f"val_ctc_acc/{row.name}": row.accuracy for row in ctc.rows})
+        return out
 
     return validate
 

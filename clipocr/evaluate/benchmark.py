@@ -65,6 +65,9 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+DECODINGS = ("ar", "ctc")
+
+
 def evaluate(
     model: torch.nn.Module,
     lmdb_paths: Sequence[str | Path | Dataset],
@@ -73,14 +76,23 @@ def evaluate(
     charsets: Sequence[str] = (PROTOCOL_CHARSET,),
     limit: int | None = None,
     progress: bool = False,
+    decoding: str = "ar",
 ) -> Report:
     """Read every image of every LMDB with `model` (a `Student`: `.read`, `.charset`) and keep
     what PARSeq's protocol needs to score it.
 
+    `decoding` = ``"ar"`` scores the autoregressive decoder (`read`, the protocol); ``"ctc"``
+    scores the auxiliary CTC head on the encoder tokens (`read_ctc`), which shows whether the
+    encoder reads when the decoder does not.
     `device` defaults to the model's own (the trainer's validation passes its model as it is);
     the model's train/eval mode is restored afterwards. `limit` caps the samples read per LMDB.
     `charsets` are the test charsets to score under, the 36-symbol protocol first.
     """
+    if decoding not in DECODINGS:
+        raise InputError(f"unknown decoding {decoding!r}; choose one of {DECODINGS}")
+    if decoding == "ctc" and getattr(model, "ctc_head", None) is None:
+        raise InputError("--decoding ctc: this student has no CTC head (trained with ctc_weight 0)")
+    read = model.read_ctc if decoding == "ctc" else model.read
     datasets = [p if isinstance(p, Dataset) else dataset_from_path(p) for p in lmdb_paths]
     names = [d.name for d in datasets]
     if len(set(names)) < len(names):
@@ -97,9 +109,7 @@ def evaluate(
             for d in tqdm(datasets, desc="evaluate", unit="set", disable=not progress):
                 for meta, images in _iter_batches(d, batch_size, limit, unlabelled):
                     x = normalize(images.to(dev, non_blocking=True))
-                    for (index, label, error), (text, conf) in zip(
-                        meta, model.read(x), strict=True
-                    ):
+                    for (index, label, error), (text, conf) in zip(meta, read(x), strict=True):
                         if error:
                             text, conf = "", 0.0
                         samples.append(Sample(d.name, index, label, text, float(conf), error))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from clipocr import __version__
 from clipocr.pipeline.errors import InputError
@@ -37,8 +37,16 @@ def save_student(path: str | os.PathLike, model: Student) -> None:
         "config": json.dumps(model.cfg.to_dict()),
     }
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    # Serialised here and written by Python, so a full disk raises OSError (ENOSPC): safetensors'
+    # own file writer reports it as a SafetensorError, and on some targets not at all.
+    data = save(state, metadata=metadata)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_student(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Student:

@@ -7,6 +7,7 @@ the run it continues was made with the same settings (bar the step budget).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from clipocr.pipeline.config_file import check_values, read_values
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.precision import PRECISIONS
 from clipocr.train_student.heads import DistillConfig
-from clipocr.train_student.model import PRESETS
+from clipocr.train_student.student_config import PRESETS, student_config
 
 
 @dataclass
@@ -26,6 +27,8 @@ class TrainConfig:
     preset: str = "small"
     charset: str = "36"
     distill: bool = True
+    # StudentConfig fields replaced in the preset, e.g. {"ctc_weight": 0.5} (saved in config.json)
+    student: dict[str, Any] = field(default_factory=dict)
     # optimisation (official recipe, PARSeq base; DESIGN §6)
     batch_size: int = 160
     lr: float = 1.4e-3  # base lr, scaled by sqrt(world_size) · batch_size / 256 as PARSeq does
@@ -34,6 +37,7 @@ class TrainConfig:
     max_steps: int | None = None  # overrides epochs when set
     warmup_pct: float = 0.075
     grad_clip: float = 20.0
+    dec_lr_scale: float = 1.0  # decoder side's lr ÷ the rest's (1 = one rate, as the paper)
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or bf16 | fp16 | fp32
     # distillation heads and loss terms (λ1, λ2, τ, L1 vs LCL, per-term weights and switches)
     heads: DistillConfig = field(default_factory=DistillConfig)
@@ -42,6 +46,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None = cores minus workers
     shuffle_buffer: int = 1000
     augment: bool = True
+    augment_from_epoch: int = 0  # clean images for the first N epochs, then augmented (issue 13)
     seed: int = 0
     device: str = "auto"
     # bookkeeping
@@ -68,6 +73,12 @@ class TrainConfig:
             raise InputError(
                 f"train: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}"
             )
+        if self.dec_lr_scale <= 0 or self.augment_from_epoch < 0:
+            raise InputError("train: dec_lr_scale must be > 0 and augment_from_epoch >= 0")
+        try:
+            student_config(self.preset, charset=self.charset, **self.student)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"train: bad student settings: {err}") from None
         if not 0.0 <= self.warmup_pct < 1.0:
             raise InputError(f"train: warmup_pct must be in [0, 1), got {self.warmup_pct}")
         if isinstance(self.heads, dict):
@@ -79,16 +90,24 @@ class TrainConfig:
             except ValueError as err:
                 raise InputError(f"train: {err}") from None
 
-    # Settings that may differ between a run and its resumption.
+    # Settings that may differ between a run and its resumption (not `workers`: the data order
+    # depends on how the shards are split between the workers).
     RESUMABLE_CHANGES = ("max_steps", "epochs", "val", "val_every", "ckpt_every", "progress",
-                         "workers", "threads", "device", "log_every",
-                         "keep_checkpoints")  # fmt: skip
+                         "threads", "device", "log_every", "keep_checkpoints")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the settings to `path` via a temporary file: a full disk or a crash mid-write
+        must not leave a truncated config.json that makes the run unresumable."""
+        tmp = path.with_name(f".tmp-{path.name}")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def from_sources(cls, config_file: Path | None, overrides: dict[str, Any]) -> TrainConfig:

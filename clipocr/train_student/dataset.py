@@ -68,6 +68,7 @@ class StreamConfig:
     shuffle_buffer: int = 1000
     augment: bool = True
     seed: int = 0
+    augment_from_epoch: int = 0  # epochs before this one see clean images (a curriculum)
 
 
 class DistillStream(IterableDataset):
@@ -96,16 +97,36 @@ class DistillStream(IterableDataset):
         self.epoch = 0
         self.skip = 0
         self.num_workers = 1
+        self.missing: dict[str, set[str]] = {}
         if store is not None:
-            have = store.shards()
-            absent = [name for name in self.counts if name not in have]
-            if absent:
-                raise InputError(
-                    f"{store.root}: no complete teacher targets for shard(s) "
-                    f"{', '.join(absent[:5])}{' …' if len(absent) > 5 else ''}; "
-                    "run `clipocr cache-teacher` on these shards first"
-                )
+            self._count_targets(store)
         self._augment = StudentAugment() if cfg.augment else None
+
+    def _count_targets(self, store: TeacherStore) -> None:
+        """Count what the join yields: a shard's samples less those the teacher could not read
+        (listed missing), so that the epoch's batch count is the one the stream delivers."""
+        have = store.shards()
+        absent = [name for name in self.counts if name not in have]
+        if absent:
+            raise InputError(
+                f"{store.root}: no complete teacher targets for shard(s) "
+                f"{', '.join(absent[:5])}{' …' if len(absent) > 5 else ''}; "
+                "run `clipocr cache-teacher` on these shards first"
+            )
+        for name, count in self.counts.items():
+            self.missing[name] = set(store.missing(name))
+            if have[name] + len(self.missing[name]) != count:
+                raise InputError(
+                    f"{store.root}/{name}: {have[name]} targets + {len(self.missing[name])} "
+                    f"missing, but shards.json counts {count} samples; the store was made from "
+                    "other shards"
+                )
+            self.counts[name] = have[name]
+        # The reader checks a group's arrays against the manifest as it opens it: reading one
+        # sample now refuses an edited or mismatched manifest before training, not mid-epoch.
+        first = next((name for name, n in have.items() if n and name in self.counts), None)
+        if first is not None:
+            next(iter(store.iter_shard(first)))
 
     # -- bookkeeping the trainer uses ----------------------------------------------------------
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -144,7 +165,7 @@ class DistillStream(IterableDataset):
                 for key, data, label in samples:
                     yield {"key": key, "data": data, "label": label}
                 continue
-            missing = set(self.store.missing(name))
+            missing = self.missing[name]
             targets = self.store.iter_shard(name)
             for key, data, label in samples:
                 if key in missing:
@@ -175,7 +196,7 @@ class DistillStream(IterableDataset):
             img = decode_image(sample["data"], draft=True)
         except Exception:
             return None  # counted at prepare time; a shard edited since is not worth a crash
-        if self._augment is not None:
+        if self._augment is not None and self.epoch >= self.cfg.augment_from_epoch:
             seed = zlib.crc32(f"{self.cfg.seed}/{self.epoch}/{sample['key']}".encode())
             img = self._augment(img, seed)
         sample["image"] = to_uint8_tensor(resize(img))

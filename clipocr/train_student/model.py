@@ -16,118 +16,26 @@ Only the student is saved for inference (`checkpoint.py`); the heads live in `he
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as tfn
+from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from clipocr.pipeline.charset import MAX_LABEL_LEN, Charset
+from clipocr.pipeline.charset import Charset
+from clipocr.train_student.decoder import DecoderLayer, KVCache, TwoStreamLayer
+from clipocr.train_student.stem import ConvStem
+from clipocr.train_student.student_config import (
+    NUM_STAGES,
+    PRESETS,
+    StudentConfig,
+    student_config,
+)
 
-NUM_STAGES = 4  # both towers are split into 4 stages; stages 1–3 are tapped, the 4th is the output
-
-
-@dataclass(frozen=True)
-class StudentConfig:
-    """Architecture of a student. Defaults are the paper's ViT-Small student (≈ 31 M params)."""
-
-    charset: str = "36"
-    max_len: int = MAX_LABEL_LEN
-    img_size: tuple[int, int] = (32, 128)
-    patch_size: tuple[int, int] = (4, 8)
-    enc_dim: int = 384
-    enc_depth: int = 12
-    enc_heads: int = 6
-    mlp_ratio: float = 4.0
-    dec_depth: int = 4
-    dec_heads: int = 12
-    dec_mlp_ratio: float = 4.0
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        # JSON round trips turn tuples into lists; normalise so configs compare equal.
-        object.__setattr__(self, "img_size", tuple(int(v) for v in self.img_size))
-        object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
-        Charset.from_name(self.charset, self.max_len)  # raises on an unknown charset
-        problems = []
-        if len(self.img_size) != 2 or len(self.patch_size) != 2:
-            problems.append("img_size and patch_size must be (H, W) pairs")
-        elif any(i % p for i, p in zip(self.img_size, self.patch_size, strict=True)):
-            problems.append(f"img_size {self.img_size} is not a multiple of {self.patch_size}")
-        if self.enc_depth < NUM_STAGES or self.enc_depth % NUM_STAGES:
-            problems.append(f"enc_depth {self.enc_depth} must be a positive multiple of 4")
-        if self.enc_dim % self.enc_heads or self.enc_dim % self.dec_heads:
-            problems.append(f"enc_dim {self.enc_dim} must be divisible by enc_heads and dec_heads")
-        if self.dec_depth < 1 or self.max_len < 1:
-            problems.append("dec_depth and max_len must be ≥ 1")
-        if problems:
-            raise ValueError("invalid StudentConfig: " + "; ".join(problems))
-
-    @property
-    def num_patches(self) -> int:
-        return (self.img_size[0] // self.patch_size[0]) * (self.img_size[1] // self.patch_size[1])
-
-    @property
-    def num_tokens(self) -> int:
-        """Encoder tokens per image: the class token plus the patches (129 for the paper)."""
-        return 1 + self.num_patches
-
-    @property
-    def enc_taps(self) -> tuple[int, int, int]:
-        """1-based encoder block counts after which stages 1–3 are read."""
-        step = self.enc_depth // NUM_STAGES
-        return step, 2 * step, 3 * step
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
-        """Inverse of `to_dict`; rejects unknown keys so a foreign config is not half-read."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown StudentConfig keys {sorted(unknown)}")
-        return cls(**data)
-
-
-PRESETS: dict[str, StudentConfig] = {
-    # Tiny dims for tests: stage taps after blocks 1/2/3, 4 decoder layers like the paper.
-    "test": StudentConfig(
-        enc_dim=32,
-        enc_depth=4,
-        enc_heads=2,
-        dec_depth=4,
-        dec_heads=2,
-        mlp_ratio=2.0,
-        dec_mlp_ratio=2.0,
-    ),
-    # PARSeq-Ti sizes: decoder head dim 32 as in the small model.
-    "tiny": StudentConfig(enc_dim=192, enc_heads=3, dec_heads=6),
-    # The paper's student (ViT-S encoder).
-    # A CPU-sized student for the offline demo: full-height 32×4 patches (32 tokens, read left to
-    # right like CRNN columns) keep a training step affordable on two cores.
-    "mini": StudentConfig(
-        enc_dim=128,
-        enc_depth=4,
-        enc_heads=4,
-        patch_size=(32, 4),
-        mlp_ratio=2.0,
-        dec_heads=4,
-        dec_mlp_ratio=2.0,
-    ),  # fmt: skip
-    "small": StudentConfig(),
-    # ViT-B encoder; decoder heads of 64 dims as in ViT-B.
-    "base": StudentConfig(enc_dim=768, enc_heads=12, dec_heads=12),
-}
-
-
-def student_config(preset: str = "small", **overrides: Any) -> StudentConfig:
-    """A preset with some fields replaced, e.g. ``student_config("small", charset="94")``."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown student preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return replace(PRESETS[preset], **overrides)
+# Re-exported: the configuration lived here before it got its own module.
+__all__ = ["NUM_STAGES", "PRESETS", "Student", "StudentConfig", "StudentOutput", "student_config"]
 
 
 @dataclass
@@ -137,109 +45,21 @@ class StudentOutput:
     logits: ``(B, T, C+1)``. enc_stages: 3 tensors ``(B, 1+N_patches, D)``, the residual stream
     after the tapped blocks, class token first. enc_cls: ``(B, D)``, class token of the final
     normed encoder output. dec_stages: ``dec_depth`` tensors ``(B, T, D)``, each decoder layer's
-    output through the decoder's final LayerNorm (the last one feeds the classifier).
+    output (the query stream's, for the two-stream layer) through the decoder's final LayerNorm
+    (the last one feeds the classifier). ctc_logits: ``(B, W, C+1)`` over the token grid's
+    columns (class 0 = EOS doubles as the CTC blank), or None without a CTC head.
     """
 
     logits: Tensor
     enc_stages: list[Tensor]
     enc_cls: Tensor
     dec_stages: list[Tensor]
-
-
-def _split_heads(x: Tensor, heads: int) -> Tensor:
-    b, t, d = x.shape
-    return x.view(b, t, heads, d // heads).transpose(1, 2)
-
-
-def _merge_heads(x: Tensor) -> Tensor:
-    b, h, t, d = x.shape
-    return x.transpose(1, 2).reshape(b, t, h * d)
-
-
-class _Attention(nn.Module):
-    """Multi-head attention on `F.scaled_dot_product_attention` with K/V exposed for caching.
-
-    Written out (rather than `nn.MultiheadAttention`) so generation can keep the self-attention
-    K/V of past positions and the cross-attention K/V of the image, and compute only the new
-    position at each step.
-    """
-
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        k, v = self.kv(x).chunk(2, dim=-1)
-        return _split_heads(k, self.heads), _split_heads(v, self.heads)
-
-    def attend(self, x: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
-        q = _split_heads(self.q(x), self.heads)
-        p = self.dropout if self.training else 0.0
-        out = tfn.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
-        return self.proj(_merge_heads(out))
-
-
-class _KVCache:
-    """Self-attention keys/values of the positions decoded so far, one buffer for all steps.
-
-    Allocated on first use so it takes the dtype the projections produce (autocast included).
-    """
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    def append(self, t: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store position `t`'s ``(B, H, 1, d)`` K/V; return K/V of positions ``0..t``."""
-        if self.k is None or self.v is None:
-            shape = (k.shape[0], k.shape[1], self.steps, k.shape[3])
-            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
-        self.k[:, :, t : t + 1] = k
-        self.v[:, :, t : t + 1] = v
-        return self.k[:, :, : t + 1], self.v[:, :, : t + 1]
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm decoder layer: causal self-attention, cross-attention to the image, GELU MLP."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
-        super().__init__()
-        hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim)
-        self.self_attn = _Attention(dim, heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.cross_attn = _Attention(dim, heads, dropout)
-        self.norm3 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
-        )
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor]) -> Tensor:
-        """All positions at once (teacher forcing)."""
-        h = self.norm1(x)
-        x = x + self.drop(self.self_attn.attend(h, *self.self_attn.keys_values(h), causal=True))
-        return self._cross_and_mlp(x, memory_kv)
-
-    def step(self, x: Tensor, t: int, cache: _KVCache, memory_kv: tuple[Tensor, Tensor]) -> Tensor:
-        """Position `t` only: ``x`` is ``(B, 1, D)``; attends to positions ``0..t`` via `cache`."""
-        h = self.norm1(x)
-        k, v = cache.append(t, *self.self_attn.keys_values(h))
-        a = self.self_attn.attend(h, k, v, causal=False)
-        return self._cross_and_mlp(x + self.drop(a), memory_kv)
-
-    def _cross_and_mlp(self, x: Tensor, memory_kv: tuple[Tensor, Tensor]) -> Tensor:
-        x = x + self.drop(self.cross_attn.attend(self.norm2(x), *memory_kv, causal=False))
-        return x + self.drop(self.mlp(self.norm3(x)))
+    ctc_logits: Tensor | None = None
 
 
 class Student(nn.Module):
-    """ViT encoder + causal transformer decoder + linear classifier over EOS and the charset."""
+    """ViT encoder + transformer decoder + linear classifier over EOS and the charset, with an
+    optional CTC head on the encoder tokens."""
 
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
@@ -258,19 +78,29 @@ class Student(nn.Module):
             global_pool="",
             class_token=True,
             drop_path_rate=0.0,
+            embed_layer=ConvStem if cfg.stem == "conv" else PatchEmbed,
         )
         # Inputs: EOS, chars, BOS, PAD. Scaled by √dim as PARSeq's TokenEmbedding does, so token
         # identity dominates the small (std 0.02) position queries.
         self.tok_embed = nn.Embedding(self.charset.pad_id + 1, dim)
         self.pos_queries = nn.Parameter(torch.empty(1, cfg.max_len + 1, dim))
         self.embed_drop = nn.Dropout(cfg.dropout)
+        layer = TwoStreamLayer if cfg.dec_layer == "two_stream" else DecoderLayer
         self.dec_layers = nn.ModuleList(
-            DecoderLayer(dim, cfg.dec_heads, cfg.dec_mlp_ratio, cfg.dropout)
-            for _ in range(cfg.dec_depth)
+            layer(dim, cfg.dec_heads, cfg.dec_mlp_ratio, cfg.dropout) for _ in range(cfg.dec_depth)
         )
         self.dec_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, self.charset.num_classes)
+        # Reads each column of the token grid; blank = EOS's class, which CTC never emits.
+        self.ctc_head = nn.Linear(dim, self.charset.num_classes) if cfg.ctc_weight > 0 else None
+        # Index k of the character a column belongs to on the CTC head's greedy path (0 before
+        # the first); unit-scale like the LayerNormed tokens it is added to.
+        self.align_embed = nn.Embedding(cfg.max_len + 1, dim) if cfg.ctc_align else None
         self._init_decoder()
+
+    @property
+    def two_stream(self) -> bool:
+        return self.cfg.dec_layer == "two_stream"
 
     def _init_decoder(self) -> None:
         """PARSeq's init for everything outside the encoder (timm initialises the ViT)."""
@@ -283,6 +113,8 @@ class Student(nn.Module):
             elif isinstance(mod, nn.Embedding):
                 nn.init.trunc_normal_(mod.weight, std=0.02)
         nn.init.trunc_normal_(self.pos_queries, std=0.02)
+        if self.align_embed is not None:
+            nn.init.normal_(self.align_embed.weight, std=1.0)
 
     # encoder ---------------------------------------------------------------------------------
     def encode(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
@@ -299,14 +131,48 @@ class Student(nn.Module):
                 stages.append(x)
         return stages, enc.norm(x)
 
+    def ctc_logits(self, memory: Tensor) -> Tensor:
+        """Final encoder tokens ``(B, 1+N, D)`` → CTC logits ``(B, W, C+1)``, one frame per grid
+        column (rows averaged: the text runs left to right)."""
+        if self.ctc_head is None:
+            raise ValueError("this student has no CTC head (ctc_weight is 0)")
+        grid_h = self.cfg.img_size[0] // self.cfg.patch_size[0]
+        patches = memory[:, 1:]
+        cols = patches.unflatten(1, (grid_h, -1)).mean(1)
+        return self.ctc_head(cols)
+
     # decoder ---------------------------------------------------------------------------------
     def _embed(self, tokens: Tensor, start: int) -> Tensor:
         t = tokens.shape[1]
         x = self.tok_embed(tokens) * math.sqrt(self.cfg.enc_dim)
         return self.embed_drop(x + self.pos_queries[:, start : start + t])
 
+    def _queries(self, batch: int, start: int, steps: int) -> Tensor:
+        """The two-stream layer's query stream input: position queries only, no character."""
+        q = self.pos_queries[:, start : start + steps].expand(batch, -1, -1)
+        return self.embed_drop(q)
+
     def _memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        memory = self._aligned(memory)
         return [layer.cross_attn.keys_values(memory) for layer in self.dec_layers]
+
+    def _aligned(self, memory: Tensor) -> Tensor:
+        """With `ctc_align`: add to every patch token the embedding of the index of the
+        character its column starts or follows on the CTC head's greedy path. Why: the decoder
+        step t then finds "character t+1" by matching an index instead of learning to locate
+        characters by content, which its cross-attention learns very slowly (issue 13). The
+        index is a discrete function of the CTC head, so no gradient flows into it."""
+        if self.align_embed is None:
+            return memory
+        with torch.no_grad():
+            ids = self.ctc_logits(memory).argmax(-1)  # (B, W)
+            blank = self.charset.eos_id
+            prev = tfn.pad(ids[:, :-1], (1, 0), value=blank)
+            starts = (ids != blank) & (ids != prev)
+            index = starts.cumsum(1).clamp(max=self.cfg.max_len)
+        grid_h = self.cfg.img_size[0] // self.cfg.patch_size[0]
+        patches = memory[:, 1:] + self.align_embed(index.repeat(1, grid_h))  # row-major grid
+        return torch.cat([memory[:, :1], patches], dim=1)
 
     def forward(self, images: Tensor, tgt_in: Tensor) -> StudentOutput:
         """Teacher-forced pass. `tgt_in` ``(B, T)``, T ≤ max_len + 1, from
@@ -316,16 +182,24 @@ class Student(nn.Module):
                 f"tgt_in has {tgt_in.shape[1]} positions, max is {self.cfg.max_len + 1}"
             )
         enc_stages, memory = self.encode(images)
-        x = self._embed(tgt_in, 0)
+        content = self._embed(tgt_in, 0)
+        x = self._queries(tgt_in.shape[0], 0, tgt_in.shape[1]) if self.two_stream else content
         dec_stages = []
-        for layer, mem_kv in zip(self.dec_layers, self._memory_kv(memory), strict=True):
-            x = layer(x, mem_kv)
+        last = len(self.dec_layers) - 1
+        for i, (layer, mem_kv) in enumerate(
+            zip(self.dec_layers, self._memory_kv(memory), strict=True)
+        ):
+            if self.two_stream:
+                x, content = layer(x, content, mem_kv, update_content=i < last)
+            else:
+                x = layer(x, mem_kv)
             dec_stages.append(self.dec_norm(x))
         return StudentOutput(
             logits=self.head(dec_stages[-1]),
             enc_stages=enc_stages,
             enc_cls=memory[:, 0],
             dec_stages=dec_stages,
+            ctc_logits=self.ctc_logits(memory) if self.ctc_head is not None else None,
         )
 
     @torch.inference_mode()
@@ -342,15 +216,22 @@ class Student(nn.Module):
         _, memory = self.encode(images)
         mem_kv = self._memory_kv(memory)
         b, steps = images.shape[0], self.cfg.max_len + 1
-        caches = [_KVCache(steps) for _ in self.dec_layers]
+        caches = [KVCache(steps) for _ in self.dec_layers]
         eos = self.charset.eos_id
         token = torch.full((b, 1), self.charset.bos_id, dtype=torch.long, device=images.device)
         ended = torch.zeros(b, dtype=torch.bool, device=images.device)
         ids, probs = [], []
+        last = len(self.dec_layers) - 1
         for t in range(steps):
-            x = self._embed(token, t)
-            for layer, cache, kv in zip(self.dec_layers, caches, mem_kv, strict=True):
-                x = layer.step(x, t, cache, kv)
+            content = self._embed(token, t)
+            x = self._queries(b, t, 1) if self.two_stream else content
+            for i, (layer, cache, kv) in enumerate(
+                zip(self.dec_layers, caches, mem_kv, strict=True)
+            ):
+                if self.two_stream:
+                    x, content = layer.step(x, content, t, cache, kv, update_content=i < last)
+                else:
+                    x = layer.step(x, t, cache, kv)
             p, idx = self.head(self.dec_norm(x[:, 0])).float().softmax(-1).max(-1)
             idx = idx.masked_fill(ended, eos)
             p = p.masked_fill(ended, 1.0)
@@ -369,6 +250,20 @@ class Student(nn.Module):
             (self.charset.decode(row_ids), float(row_probs.prod()))
             for row_ids, row_probs in zip(ids.cpu(), probs.cpu(), strict=True)
         ]
+
+    @torch.inference_mode()
+    def read_ctc(self, images: Tensor) -> list[tuple[str, float]]:
+        """Greedy CTC reading of the encoder tokens (repeats merged, blanks dropped): a second
+        opinion that shows whether the encoder reads, independent of the decoder. Confidence =
+        product of the per-frame max probabilities."""
+        _, memory = self.encode(images)
+        p, idx = self.ctc_logits(memory).float().softmax(-1).max(-1)
+        blank = self.charset.eos_id
+        out = []
+        for row, row_p in zip(idx.cpu().tolist(), p.cpu(), strict=True):
+            kept = [c for j, c in enumerate(row) if c != blank and (j == 0 or c != row[j - 1])]
+            out.append((self.charset.decode(kept), float(row_p.prod())))
+        return out
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

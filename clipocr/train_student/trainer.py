@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -32,18 +31,26 @@ from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.precision import autocast
 from clipocr.pipeline.preprocess import IMG_H, IMG_W, normalize
+from clipocr.pipeline.shards import DISK_FULL
 from clipocr.pipeline.teacher_store import TeacherStore
 from clipocr.pipeline.threads import cpu_threads
 from clipocr.train_student.checkpoint import save_student
 from clipocr.train_student.config import TrainConfig
 from clipocr.train_student.dataset import DistillStream, StreamConfig
 from clipocr.train_student.model import Student, student_config
-from clipocr.train_student.system import DistillSystem
+from clipocr.train_student.run_dir import (
+    CONFIG_NAME,
+    HISTORY_NAME,
+    STUDENT_NAME,
+    check_run_dir,
+    resume_checkpoint,
+    start_history,
+    write_checkpoint,
+)
+from clipocr.train_student.system import DistillSystem, param_groups
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "state.pt"
-STUDENT_NAME = "student.safetensors"
 
 # Validation: the student and its device → history fields, e.g. ``{"val_acc/IIIT5k": 0.91}``.
 Validate = Callable[[Student, torch.device], dict[str, float]]
@@ -88,6 +95,7 @@ def open_store(cfg: TrainConfig, charset: Charset) -> TeacherStore:
     store.check_compatible(
         {"charset": charset.name, "preprocessing": {"image_size": [IMG_H, IMG_W]}}
     )
+    store.check_sources(cfg.shards)  # cached from these very shard files (quick digest)
     heads = cfg.heads
     if heads.loss_type == "l1" and heads.use_gam and store.spec.form == "normalised":
         raise InputError(
@@ -98,10 +106,18 @@ def open_store(cfg: TrainConfig, charset: Charset) -> TeacherStore:
     return store
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (a directory is renamed into place when complete)."""
-    root = run_dir / "checkpoints"
-    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.exists() else []
+def unwrap_worker_error(err: InputError) -> InputError:
+    """The InputError a DataLoader worker raised, as its own one-line message.
+
+    torch re-raises a worker's exception in the main process as the same class with the whole
+    worker traceback as its message ("Caught InputError in DataLoader worker process 0 …");
+    the user should read what was wrong with their input, the traceback's last line.
+    """
+    text = str(err)
+    if not text.startswith(f"Caught {InputError.__name__} in DataLoader worker"):
+        return err
+    own = text.rpartition(f"{InputError.__module__}.{InputError.__qualname__}: ")[2]
+    return InputError(own.strip())
 
 
 class Trainer:
@@ -119,6 +135,7 @@ class Trainer:
             log.warning("train: validation sets given but no validation to run them; skipped")
         self.validate = validate if cfg.val else None
         self.run_dir = Path(cfg.out)
+        check_run_dir(cfg, self.run_dir, resume)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.device = _device(cfg, local_rank)
@@ -126,12 +143,11 @@ class Trainer:
             torch.cuda.set_device(self.device)
         elif self.device.type == "cpu":  # on a GPU, torch's default threads only feed the device
             _set_cpu_threads(cfg)
-        self._prepare_run_dir(resume)
 
         torch.manual_seed(cfg.seed)
         self.charset = Charset.from_name(cfg.charset)
         self.store = open_store(cfg, self.charset) if cfg.distill else None
-        self.student = Student(student_config(cfg.preset, charset=cfg.charset))
+        self.student = Student(student_config(cfg.preset, charset=cfg.charset, **cfg.student))
         dims = self.store.spec.dims if self.store is not None else None
         self.system = DistillSystem(self.student, dims, cfg.heads).to(self.device)
         self.model = (
@@ -143,7 +159,9 @@ class Trainer:
         self.stream = DistillStream(
             cfg.shards,
             self.charset,
-            StreamConfig(cfg.batch_size, cfg.shuffle_buffer, cfg.augment, cfg.seed),
+            StreamConfig(
+                cfg.batch_size, cfg.shuffle_buffer, cfg.augment, cfg.seed, cfg.augment_from_epoch
+            ),
             store=self.store,
             rank=self.rank,
             world=self.world,
@@ -155,12 +173,11 @@ class Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
 
         lr = cfg.lr * math.sqrt(self.world) * cfg.batch_size / 256
-        self.optimizer = torch.optim.AdamW(
-            self.system.parameters(), lr=lr, weight_decay=cfg.weight_decay
-        )
+        groups = param_groups(self.system, lr, cfg.dec_lr_scale)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer,
-            max_lr=lr,
+            max_lr=[g["lr"] for g in groups],
             total_steps=self.total_steps,
             pct_start=cfg.warmup_pct,
             cycle_momentum=False,
@@ -169,73 +186,72 @@ class Trainer:
         # disabled scaler is a no-op pass-through, so one code path serves every precision.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.pos = Position()
+        self.resumed = resume
         if resume:
             self._load_latest()
         if self.is_main:
             log.info("student: %.2f M parameters", self.student.num_params() / 1e6)
 
     # -- run directory and checkpoints ---------------------------------------------------------
-    def _prepare_run_dir(self, resume: bool) -> None:
-        config_path = self.run_dir / "config.json"
-        if resume:
-            if not config_path.exists():
-                raise InputError(f"{self.run_dir}: nothing to resume (no config.json)")
-            before = json.loads(config_path.read_text())
-            now = self.cfg.to_dict()
-            changed = [
-                k for k in now if k not in TrainConfig.RESUMABLE_CHANGES and before.get(k) != now[k]
-            ]
-            if changed:
-                raise InputError(
-                    f"{config_path}: --resume with different settings: {', '.join(changed)}"
-                )
-        elif config_path.exists():
-            raise InputError(f"{self.run_dir}: already holds a run; use --resume or another --out")
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(config_path)
-
     def save_checkpoint(self) -> Path:
-        """Student (safetensors) + training state into checkpoints/step-N, renamed when complete."""
-        root = self.run_dir / "checkpoints"
-        final = root / f"step-{self.pos.step:08d}"
-        tmp = root / f".tmp-step-{self.pos.step:08d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_student(tmp / STUDENT_NAME, self.student)
-        torch.save(
-            {
-                "position": vars(self.pos),
-                "system": self.system.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            tmp / STATE_NAME,
+        """Student (safetensors) + training state into checkpoints/step-N (see `run_dir`)."""
+        state = {
+            "position": vars(self.pos),
+            "system": self.system.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        return write_checkpoint(
+            self.run_dir, self.pos.step, self.student, state, self.cfg.keep_checkpoints
         )
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in checkpoint_dirs(self.run_dir)[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old)
-        return final
 
     def _load_latest(self) -> None:
-        found = checkpoint_dirs(self.run_dir)
-        if not found:
-            raise InputError(f"{self.run_dir}: no finished checkpoint to resume from")
-        state = torch.load(found[-1] / STATE_NAME, map_location=self.device, weights_only=True)
+        found = resume_checkpoint(self.run_dir, self.device, self._restore)
+        log.warning("%s: resumed at step %d", found, self.pos.step)
+
+    def _restore(self, state: dict) -> None:
         self.system.load_state_dict(state["system"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.pos = Position(**state["position"])
+        if self.pos.step > self.total_steps:
+            raise InputError(
+                f"{self.run_dir}: the run is at step {self.pos.step}, past the step budget "
+                f"{self.total_steps}; resume with a larger --max-steps (or --epochs)"
+            )
+        self._restore_schedule(state["scheduler"])
         if "scaler" in state:  # checkpoints written before fp16 had a scaler hold none
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        self.pos = Position(**state["position"])
-        log.warning("%s: resumed at step %d", found[-1], self.pos.step)
+
+    def _restore_schedule(self, saved: dict) -> None:
+        """The saved schedule; with a new step budget (a larger --max-steps or --epochs), the
+        one-cycle schedule for the new total, continued from the current step.
+
+        So the learning rate jumps once, to where the longer schedule would be at this step, and
+        the run ends annealed at its new total: what "train longer" asks for. (Restoring the
+        saved schedule would end the cycle at the old total and fail past it.)
+        """
+        fresh = self.scheduler.state_dict()
+        if saved.get("total_steps") == fresh["total_steps"]:
+            self.scheduler.load_state_dict(saved)
+            return
+        new_phases = {k: fresh[k] for k in ("total_steps", "_schedule_phases")}
+        self.scheduler.load_state_dict({**saved, **new_phases})
+        self.scheduler.last_epoch -= 1
+        self.scheduler.step()  # the lr of the next step, on the new schedule
+        log.warning(
+            "%s: step budget %s → %d: the learning-rate schedule is rebuilt for the new total "
+            "and continues from step %d",
+            self.run_dir,
+            saved.get("total_steps"),
+            self.total_steps,
+            self.pos.step,
+        )
 
     # -- one step ------------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
@@ -287,7 +303,24 @@ class Trainer:
         history.flush()
 
     def run(self) -> Path:
-        history_path = self.run_dir / "history.jsonl"
+        """Train to the step budget, export the student; a full disk is a one-line error (the
+        last finished checkpoint is kept, and nothing half-written lies under a final name)."""
+        try:
+            return self._run()
+        except OSError as err:
+            if err.errno not in DISK_FULL:
+                raise
+            raise InputError(
+                f"{self.run_dir}: disk full while training ({err.strerror}); finished checkpoints "
+                "are kept: free space and rerun with --resume"
+            ) from None
+
+    def _run(self) -> Path:
+        history_path = self.run_dir / HISTORY_NAME
+        if self.is_main:  # only now has the run really started (see `run_dir`)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.run_dir / CONFIG_NAME)
+            start_history(history_path, self.pos.step if self.resumed else None)
         bar = tqdm(
             total=self.total_steps,
             initial=self.pos.step,
@@ -296,37 +329,13 @@ class Trainer:
             disable=not (self.cfg.progress and self.is_main),
         )
         loader = self._loader()
-        with open(history_path, "a") as history:
+        with open(history_path, "a") if self.is_main else open(os.devnull, "w") as history:
             while self.pos.step < self.total_steps:
-                self.stream.set_epoch(self.pos.epoch, self.pos.batch_in_epoch)
-                tic, seen = time.perf_counter(), 0
-                for batch in loader:
-                    metrics = self.train_step(batch)
-                    self.pos.step += 1
-                    self.pos.batch_in_epoch += 1
-                    seen += len(batch["labels"])
-                    bar.update(1)
-                    if self.is_main and self.pos.step % self.cfg.log_every == 0:
-                        metrics = {k: float(v) for k, v in metrics.items()}
-                        metrics["lr"] = self.scheduler.get_last_lr()[0]
-                        metrics["samples_per_s"] = seen / (time.perf_counter() - tic)
-                        bar.set_postfix(
-                            {k: f"{metrics[k]:.3g}" for k in metrics if k != "lr"}, refresh=False
-                        )
-                        history.write(json.dumps({"step": self.pos.step, **metrics}) + "\n")
-                        history.flush()
-                    if self.validate and self.is_main and self.pos.step % self.cfg.val_every == 0:
-                        self._record_validation(history)
-                    if self.is_main and self.pos.step % self.cfg.ckpt_every == 0:
-                        self.save_checkpoint()
-                    if (
-                        self.pos.step >= self.total_steps
-                        or self.pos.batch_in_epoch >= self.steps_per_epoch
-                    ):
-                        break
-                if self.pos.batch_in_epoch >= self.steps_per_epoch:
-                    self.pos.epoch += 1
-                    self.pos.batch_in_epoch = 0
+                try:
+                    self._epoch(loader, history, bar)
+                except InputError as err:
+                    bar.close()  # so the error starts a line of its own
+                    raise unwrap_worker_error(err) from None
             if self.validate and self.is_main and self.pos.step % self.cfg.val_every != 0:
                 self._record_validation(history)
         bar.close()
@@ -341,3 +350,50 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return final
+
+    def _epoch(self, loader: DataLoader, history: TextIO, bar: tqdm) -> None:
+        """The rest of the current epoch (or of the step budget), then on to the next epoch.
+
+        The epoch ends when its counted batches are done or when the stream ends, whichever
+        comes first: a stream that ends early (a batch whose images all failed to decode) must
+        not make the loop read the same finished epoch again and again.
+        """
+        self.stream.set_epoch(self.pos.epoch, self.pos.batch_in_epoch)
+        tic, seen = time.perf_counter(), 0
+        for batch in loader:
+            metrics = self.train_step(batch)
+            self.pos.step += 1
+            self.pos.batch_in_epoch += 1
+            seen += len(batch["labels"])
+            bar.update(1)
+            if self.is_main and self.pos.step % self.cfg.log_every == 0:
+                metrics = {k: float(v) for k, v in metrics.items()}
+                metrics["lr"] = self.scheduler.get_last_lr()[0]
+                metrics["samples_per_s"] = seen / (time.perf_counter() - tic)
+                bar.set_postfix(
+                    {k: f"{metrics[k]:.3g}" for k in metrics if k != "lr"}, refresh=False
+                )
+                history.write(json.dumps({"step": self.pos.step, **metrics}) + "\n")
+                history.flush()
+            if self.validate and self.is_main and self.pos.step % self.cfg.val_every == 0:
+                self._record_validation(history)
+            if self.is_main and self.pos.step % self.cfg.ckpt_every == 0:
+                self.save_checkpoint()
+            if self.pos.step >= self.total_steps or self.pos.batch_in_epoch >= self.steps_per_epoch:
+                break
+        else:
+            if self.pos.batch_in_epoch < self.steps_per_epoch:
+                if self.pos.batch_in_epoch == 0:
+                    raise InputError(
+                        f"{self.cfg.shards}: epoch {self.pos.epoch} yielded no batch for rank "
+                        f"{self.rank} (are all its images undecodable?)"
+                    )
+                log.warning(
+                    "epoch %d ended after %d of the %d batches counted (undecodable images)",
+                    self.pos.epoch,
+                    self.pos.batch_in_epoch,
+                    self.steps_per_epoch,
+                )
+        if self.pos.step < self.total_steps or self.pos.batch_in_epoch >= self.steps_per_epoch:
+            self.pos.epoch += 1
+            self.pos.batch_in_epoch = 0

@@ -8,8 +8,12 @@ reads stores without loading the teacher's code. Its modules, bottom up:
 * `codecs` — float32 features ↔ stored float16 / int8 arrays (`parse_codec`, `Codec`);
 * `location` — a local folder or an fsspec URL, and the temporary-group naming;
 * `spec` — layout constants, `StoreSpec` (the store's identity) and ``manifest.json``;
+* `ownership` — which writer owns an unpublished group, and when that writer is gone;
+* `integrity` — every array at its counted rows, every chunk present and checksummed;
+* `sources` — the digest of the source shard a group was cached from (`shard_digest`);
 * `writer` — `TeacherStoreWriter` creates a store, `ShardGroupWriter` fills one shard's group;
-* `reader` — `TeacherStore` lists, streams and verifies groups; `format_verify_report`.
+* `reader` — `TeacherStore` lists and streams groups, checks their sources;
+* `verify` — `TeacherStore.verify`'s full check, and `format_verify_report`.
 
 Layout::
 
@@ -24,6 +28,9 @@ Layout::
         <tap>_scale   (n, N) / (T,) / (n,) float32   int codecs: one scale per token row
         <tap>_chscale (D,)        float32  int "-channel" codecs: the shard's channel scales
 
+Every chunk ends with a CRC32C (checked on every read), and each group records the digest of
+the source shard it was cached from in its ``source`` attribute (see `integrity`, `sources`).
+
 Why per-shard groups: caching runs one task per shard on many workers, so each group has exactly
 one writer and no chunk is ever shared. Counts live in each group's attributes (``count``,
 ``missing``, ``complete``) rather than in the manifest, so concurrent workers never rewrite a
@@ -36,7 +43,8 @@ The ``form`` recorded in the manifest says whether features were stored per-toke
 
 from clipocr.pipeline.teacher_store.codecs import CODECS, Codec, parse_codec
 from clipocr.pipeline.teacher_store.location import TMP_PREFIX
-from clipocr.pipeline.teacher_store.reader import TeacherStore, format_verify_report
+from clipocr.pipeline.teacher_store.reader import TeacherStore
+from clipocr.pipeline.teacher_store.sources import shard_digest
 from clipocr.pipeline.teacher_store.spec import (
     ALL_TAPS,
     DEFAULT_CHUNK_SAMPLES,
@@ -51,6 +59,7 @@ from clipocr.pipeline.teacher_store.spec import (
     StoreSpec,
     shard_group_name,
 )
+from clipocr.pipeline.teacher_store.verify import format_verify_report
 from clipocr.pipeline.teacher_store.writer import ShardGroupWriter, TeacherStoreWriter
 
 __all__ = [
@@ -73,5 +82,6 @@ __all__ = [
     "TeacherStoreWriter",
     "format_verify_report",
     "parse_codec",
+    "shard_digest",
     "shard_group_name",
 ]

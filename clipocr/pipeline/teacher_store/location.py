@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -69,6 +70,17 @@ class Location:
         finally:
             tmp.unlink()
 
+    def age(self, name: str) -> float | None:
+        """Seconds since `name` was last modified (None if unknown or absent)."""
+        try:
+            info = self.fs.info(self._fs_path(name))
+        except FileNotFoundError:
+            return None
+        when = info.get("mtime") or info.get("created") or info.get("LastModified")
+        if hasattr(when, "timestamp"):
+            when = when.timestamp()
+        return None if when is None else time.time() - float(when)
+
     def dirs(self) -> list[str]:
         if not self.exists(""):
             return []
@@ -107,3 +119,8 @@ def tmp_owner(dirname: str) -> str | None:
         return None
     rest = dirname[len(TMP_PREFIX) :]
     return rest[33:] if len(rest) > 33 and rest[32] == "-" else None
+
+
+def tmp_name(owner_id: str, name: str) -> str:
+    """The temporary group of writer `owner_id` (32 hex) for group `name`."""
+    return f"{TMP_PREFIX}{owner_id}-{name}"

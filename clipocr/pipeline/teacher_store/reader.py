@@ -3,26 +3,31 @@
 Reading (`TeacherStore.iter_shard`, `iter_chunks`) streams a group front to back, reading and
 decoding every chunk exactly once: no per-sample random access. Samples the teacher could not
 process (undecodable images) are absent from the arrays and listed in the ``missing`` attribute.
-`TeacherStore.verify` checks every group against its counts, its shapes and (optionally)
-``shards.json``, and lists problems instead of raising; `format_verify_report` prints them.
+
+Reading checks as it goes what it can check cheaply: before streaming a group, that each array
+has the shape its counts give and all its chunk files (a missing chunk would read as zeros);
+while streaming, every chunk's CRC32C (Zarr checks it on decoding). Any failure is an InputError
+naming the group and array, never values that are silently wrong. `check_sources` compares the
+source shards a store was cached from with the ones given. `TeacherStore.verify` (module
+`verify`) checks everything and lists problems instead of raising.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
 
 from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.teacher_store import sources
 from clipocr.pipeline.teacher_store.codecs import Codec, parse_codec
+from clipocr.pipeline.teacher_store.integrity import array_problems, expected_shapes
 from clipocr.pipeline.teacher_store.location import TMP_PREFIX, Location, group_attrs
 from clipocr.pipeline.teacher_store.spec import (
     DEFAULT_CHUNK_SAMPLES,
     MANIFEST_NAME,
-    STAGES_IMAGE,
     STAGES_TEXT,
     StoreSpec,
     diff_fields,
@@ -30,13 +35,15 @@ from clipocr.pipeline.teacher_store.spec import (
     read_manifest,
     shard_group_name,
 )
+from clipocr.pipeline.teacher_store.verify import verify_store
 
 
 class _ChunkStream:
     """Reads one array front to back a whole chunk at a time, handing out any number of rows."""
 
-    def __init__(self, array: zarr.Array) -> None:
+    def __init__(self, array: zarr.Array, where: str) -> None:
         self.array = array
+        self.where = where
         self.chunk = array.chunks[0]
         self.pos = 0
         self.buf = np.empty((0, *array.shape[1:]), array.dtype)
@@ -46,9 +53,9 @@ class _ChunkStream:
         parts = []
         while n > 0:
             if self.off == len(self.buf):
-                self.buf = self.array[self.pos : self.pos + self.chunk]
+                self.buf = self._read()
                 if not len(self.buf):
-                    raise ValueError(f"{self.array.path}: ends before the rows its group counts")
+                    raise InputError(f"{self.where}: ends before the rows its group counts")
                 self.pos += len(self.buf)
                 self.off = 0
             k = min(n, len(self.buf) - self.off)
@@ -59,14 +66,24 @@ class _ChunkStream:
             return self.buf[0:0]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def _read(self) -> np.ndarray:
+        try:
+            return self.array[self.pos : self.pos + self.chunk]
+        except Exception as err:  # checksum mismatch, codec error, I/O error
+            raise InputError(
+                f"{self.where}: chunk {self.pos // self.chunk} unreadable ({type(err).__name__}: "
+                f"{err}); the store is damaged: delete this group and rerun cache-teacher"
+            ) from None
+
 
 class _TapStream:
     """One tap of one group, decoded to float32 as it streams."""
 
-    def __init__(self, group: zarr.Group, tap: str, codec: Codec) -> None:
+    def __init__(self, group: zarr.Group, tap: str, codec: Codec, where: str) -> None:
         self.codec = codec
-        self.data = _ChunkStream(group[tap])
-        self.scale = _ChunkStream(group[f"{tap}_scale"]) if codec.has_scale else None
+        self.data = _ChunkStream(group[tap], f"{where}/{tap}")
+        scale = f"{tap}_scale"
+        self.scale = _ChunkStream(group[scale], f"{where}/{scale}") if codec.has_scale else None
         # A shard committed with no samples was never calibrated and has no channel scales.
         chscale = f"{tap}_chscale"
         self.chscale = group[chscale][:] if codec.per_channel and chscale in group else None
@@ -140,12 +157,15 @@ class TeacherStore:
         (T, D) and ``text_offsets`` (B+1,) starting at 0. Each chunk is read and decoded once.
         """
         attrs = self._complete_attrs(name)
-        group = zarr.open_group(self.loc.child(name), mode="r")
+        where = self.loc.child(name)
+        group = self.open_group(name, attrs)
         count = int(attrs["count"])
-        keys = group["keys"][:].tolist()
         taps = self.spec.taps
-        offsets = group["text_offsets"][:] if any(t in STAGES_TEXT for t in taps) else None
-        streams = {tap: _TapStream(group, tap, self.codec) for tap in taps}
+        keys = _ChunkStream(group["keys"], f"{where}/keys").take(count).tolist()
+        offsets = None
+        if any(t in STAGES_TEXT for t in taps):
+            offsets = _ChunkStream(group["text_offsets"], f"{where}/text_offsets").take(count + 1)
+        streams = {tap: _TapStream(group, tap, self.codec, where) for tap in taps}
         step = int(attrs.get("chunk_samples", DEFAULT_CHUNK_SAMPLES))
         for a in range(0, count, step):
             b = min(a + step, count)
@@ -169,150 +189,61 @@ class TeacherStore:
                     sample[tap] = arr[offsets[i] : offsets[i + 1]] if tap in STAGES_TEXT else arr[i]
                 yield key, sample
 
+    def open_group(self, name: str, attrs: dict) -> zarr.Group:
+        """A complete group, opened after checking that its arrays hold what its attributes
+        count, in chunk files all present (InputError naming what is not)."""
+        where = self.loc.child(name)
+        try:
+            group = zarr.open_group(where, mode="r")
+            shapes = expected_shapes(
+                self.spec.taps, self.spec.dims, self.codec, int(attrs["count"]),
+                int(attrs.get("text_rows", 0)),
+            )  # fmt: skip
+            problems = array_problems(group, shapes)
+        except Exception as err:  # metadata deleted or garbled
+            problems = [f"unreadable ({type(err).__name__}: {err})"]
+        if problems:
+            raise InputError(
+                f"{where}: teacher group does not hold what its manifest and counts say: "
+                f"{'; '.join(problems)}; the store is damaged or was edited: delete this group "
+                "(or the store) and rerun cache-teacher"
+            )
+        return group
+
+    def check_sources(self, shard_dir: str | Path, thorough: bool = False) -> list[str]:
+        """Raise InputError unless each shard of `shard_dir` that has a group here is the file
+        the group was cached from (`sources`: quick by default, every byte with `thorough`).
+
+        Returns the names of groups that recorded no source digest (stores cached before
+        digests existed), which cannot be checked.
+        """
+        shard_dir = Path(shard_dir)
+        groups = self._attrs()
+        problems, unrecorded = [], []
+        for path in sorted(shard_dir.glob("*.tar")):
+            attrs = groups.get(shard_group_name(path))
+            if not attrs or not attrs.get("complete"):
+                continue
+            recorded = attrs.get(sources.SOURCE_ATTR)
+            if recorded is None:
+                unrecorded.append(shard_group_name(path))
+            elif (why := sources.compare(recorded, path, thorough)) is not None:
+                problems.append(why)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise InputError(
+                f"{self.root}: teacher store was cached from other shards than {shard_dir}: "
+                f"{'; '.join(problems[:3])}{more}"
+            )
+        return unrecorded
+
+    def verify(self, shard_index: dict | None = None, shard_dir: str | Path | None = None) -> dict:
+        """Check every group; return a report (``ok``, per-shard problems, bytes/sample).
+
+        See `verify.verify_store`; never raises for a problem in the store.
+        """
+        return verify_store(self, shard_index, shard_dir)
+
     def nbytes(self, name: str | None = None) -> int:
         """Bytes on storage of one group, or of the whole store (file sizes, not blocks)."""
         return self.loc.nbytes(name or "")
-
-    # -- verification ------------------------------------------------------------------------
-    def verify(self, shard_index: dict | None = None) -> dict:
-        """Check every group; return a report (``ok``, per-shard problems, bytes/sample).
-
-        With `shard_index` (``shards.json``, see `clipocr.pipeline.shards.load_index`) also checks
-        that every listed shard is cached and that stored + missing counts match it. Never raises
-        for a problem in the store: problems are listed in the report.
-        """
-        problems: list[str] = []
-        groups: dict[str, dict] = {}
-        stale = []
-        for d in self.loc.dirs():
-            if d.startswith(TMP_PREFIX):
-                stale.append(d)
-                continue
-            attrs = group_attrs(self.loc, d)
-            if attrs is not None:
-                groups[d] = attrs
-        expected: dict[str, int] | None = None
-        if shard_index is not None:
-            expected = {shard_group_name(s["name"]): int(s["count"]) for s in shard_index["shards"]}
-            if shard_index.get("charset", self.spec.charset) != self.spec.charset:
-                theirs = shard_index["charset"]
-                problems.append(f"charset: store {self.spec.charset!r} != shards.json {theirs!r}")
-            for name in expected:
-                if name not in groups:
-                    problems.append(f"{name}: listed in shards.json but not in the store")
-        shards = {}
-        for name, attrs in groups.items():
-            want = None if expected is None else expected.get(name)
-            rep = self._verify_group(name, attrs, want)
-            if expected is not None and name not in expected:
-                rep["problems"].append("not listed in shards.json")
-            shards[name] = rep
-            problems += [f"{name}: {p}" for p in rep["problems"]]
-        num = sum(r["count"] for r in shards.values() if r["complete"])
-        total = sum(r["nbytes"] for r in shards.values() if r["complete"])
-        return {
-            "ok": not problems,
-            "root": self.root,
-            "codec": self.spec.codec,
-            "form": self.spec.form,
-            "num_shards": sum(r["complete"] for r in shards.values()),
-            "num_samples": num,
-            "nbytes": total,
-            "bytes_per_sample": total / num if num else None,
-            "shards": shards,
-            "stale_temporary_groups": stale,
-            "problems": problems,
-        }
-
-    def _verify_group(self, name: str, attrs: dict, expected: int | None) -> dict:
-        rep: dict[str, Any] = {
-            "complete": bool(attrs.get("complete")),
-            "count": int(attrs.get("count", 0)),
-            "expected": expected,
-            "missing": len(attrs.get("missing", [])),
-            "nbytes": self.nbytes(name),
-            "problems": [],
-        }
-        probs = rep["problems"]
-        if not rep["complete"]:
-            probs.append("incomplete (writer did not finish)")
-            return rep
-        try:
-            self._check_group(name, attrs, rep)
-        except Exception as err:  # any unreadable part is a finding, not a crash
-            probs.append(f"unreadable: {type(err).__name__}: {err}")
-        return rep
-
-    def _check_group(self, name: str, attrs: dict, rep: dict) -> None:
-        probs = rep["problems"]
-        count, missing = rep["count"], list(attrs.get("missing", []))
-        if rep["expected"] is not None and count + len(missing) != rep["expected"]:
-            probs.append(
-                f"count {count} + {len(missing)} missing != {rep['expected']} in shards.json"
-            )
-        group = zarr.open_group(self.loc.child(name), mode="r")
-        keys = group["keys"][:].tolist()
-        readable = len(keys) == count  # the arrays fit together, so the data can be scanned
-        if not readable:
-            probs.append(f"keys: {len(keys)} stored, count says {count}")
-        if len(set(keys)) != len(keys):
-            probs.append("keys: duplicates")
-        if any(not k.startswith(f"{name}/") for k in keys):
-            probs.append(f"keys: some do not start with {name}/")
-        if set(keys) & set(missing):
-            probs.append("keys: some are also listed as missing")
-        dims = self.spec.dims
-        shapes = {}
-        for tap in self.spec.taps:
-            if tap in STAGES_TEXT:
-                shapes[tap] = (int(attrs.get("text_rows", -1)), dims["text"])
-            elif tap in STAGES_IMAGE:
-                shapes[tap] = (count, dims["image_tokens"], dims["image"])
-            else:
-                shapes[tap] = (count, dims["emb"])
-            if self.codec.has_scale:
-                shapes[f"{tap}_scale"] = shapes[tap][:-1]
-        if any(t in STAGES_TEXT for t in self.spec.taps):
-            offsets = group["text_offsets"][:]
-            rows = int(attrs.get("text_rows", -1))
-            if offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != rows:
-                readable = False
-                probs.append(
-                    f"text_offsets: shape {offsets.shape} or its ends do not fit {count} samples, "
-                    f"{rows} rows"
-                )
-            elif np.any(np.diff(offsets) < 1):
-                probs.append("text_offsets: a sample has no text rows")
-        for arr_name, shape in shapes.items():
-            got = tuple(group[arr_name].shape)
-            if got != shape:
-                readable = False
-                probs.append(f"{arr_name}: shape {got}, expected {shape}")
-        if not readable:
-            return
-        bad: dict[str, int] = {}
-        for _, block in self.iter_chunks(name):
-            for tap in self.spec.taps:
-                n = int(block[tap].size - np.isfinite(block[tap]).sum())
-                if n:
-                    bad[tap] = bad.get(tap, 0) + n
-        for tap, n in bad.items():
-            probs.append(f"{tap}: {n} NaN/Inf values")
-
-
-def format_verify_report(report: dict) -> str:
-    """A short human-readable summary of `TeacherStore.verify`'s report."""
-    bps = report["bytes_per_sample"]
-    lines = [
-        f"{report['root']}: {report['num_shards']} complete shard(s), {report['num_samples']} "
-        f"samples, {report['nbytes'] / 1e6:.1f} MB"
-        + (f", {bps / 1e3:.1f} KB/sample" if bps else "")
-        + f" (codec {report['codec']}, form {report['form']})"
-    ]
-    if report["stale_temporary_groups"]:
-        lines.append(
-            f"{len(report['stale_temporary_groups'])} leftover temporary group(s), ignored"
-        )
-    lines += [f"PROBLEM {p}" for p in report["problems"]]
-    lines.append("OK" if report["ok"] else f"FAILED: {len(report['problems'])} problem(s)")
-    return "\n".join(lines)

@@ -1,13 +1,22 @@
 """Write side: `TeacherStoreWriter` creates (or checks) a store, `ShardGroupWriter` fills one group.
 
 One writer per shard group (one task per shard), so no chunk is ever shared. On a local path a
-group is written under ``.tmp-<uuid>-<name>`` and renamed to ``<name>`` by `commit`, after its
-``complete`` attribute is set, so a crash leaves nothing under a visible name. Object stores
+group is written under ``.tmp-<owner id>-<name>`` and renamed to ``<name>`` by `commit`, after
+its ``complete`` attribute is set, so a crash leaves nothing under a visible name. Object stores
 (any fsspec URL) have no atomic rename: there the group is written under its final name and the
 ``complete`` attribute, written last, is the visibility criterion — readers ignore any group
-without it, on every kind of storage. A rerun clears a shard's leftovers (`open_shard`); on
-object stores ``overwrite`` deletes the old complete group when the new writer opens, not when
-it commits. Rows are buffered and written a whole chunk at a time (`_Appender`).
+without it, on every kind of storage. Rows are buffered and written a whole chunk at a time
+(`_Appender`).
+
+Overlapping runs (a rerun while a stalled run still writes) must not destroy each other's work:
+each temporary group carries its writer's owner record (`ownership`), and `open_shard` removes
+only groups whose writer is gone. Two live writers of one shard on a local path each fill their
+own temporary group; the first `commit` publishes (the rename is exclusive), the second finds
+the shard published and discards its copy. On object stores a live writer's in-place group makes
+`open_shard` refuse. Before publishing, `commit` re-reads the group from storage and refuses it
+unless it is still this writer's and every array holds exactly the rows counted, in chunk files
+all present (`integrity`); on object stores ``overwrite`` deletes the old complete group when the
+new writer opens, not when it commits.
 """
 
 from __future__ import annotations
@@ -24,7 +33,20 @@ import zarr
 
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.teacher_store.codecs import CODECS, parse_codec
-from clipocr.pipeline.teacher_store.location import TMP_PREFIX, Location, group_attrs, tmp_owner
+from clipocr.pipeline.teacher_store.integrity import (
+    ARRAY_CONFIG,
+    INDEX_COMPRESSOR,
+    array_problems,
+    checksummed,
+    expected_shapes,
+)
+from clipocr.pipeline.teacher_store.location import (
+    Location,
+    group_attrs,
+    tmp_name,
+    tmp_owner,
+)
+from clipocr.pipeline.teacher_store.ownership import OwnerRecord, is_abandoned, read_owner
 from clipocr.pipeline.teacher_store.spec import (
     DEFAULT_CHUNK_SAMPLES,
     INDEX_CHUNK,
@@ -89,16 +111,28 @@ class TeacherStoreWriter:
         return bool(attrs and attrs.get("complete"))
 
     def open_shard(self, shard_name: str, overwrite: bool = False) -> ShardGroupWriter:
-        """A writer for one shard's group. Removes leftovers of earlier failed attempts."""
+        """A writer for one shard's group. Removes leftovers of writers that are gone (never a
+        live writer's group: see the module docstring)."""
         check_group_name(shard_name)
         if self.is_complete(shard_name) and not overwrite:
             raise InputError(f"{self.loc.child(shard_name)}: already complete")
         for d in self.loc.dirs():
             if tmp_owner(d) == shard_name:
-                self.loc.remove(d)
-        if not self.is_complete(shard_name):
-            self.loc.remove(shard_name)  # an incomplete group under the final name (object store)
-        return ShardGroupWriter(self, shard_name)
+                if is_abandoned(self.loc, d):
+                    self.loc.remove(d)
+                else:
+                    log.info("%s: another live writer is caching this shard too", d)
+        if self.loc.exists(shard_name) and not self.is_complete(shard_name):
+            # an incomplete group under the final name (object store)
+            if not is_abandoned(self.loc, shard_name):
+                owner = read_owner(self.loc, shard_name)
+                who = f"pid {owner.pid} on {owner.host}" if owner else "a writer"
+                raise InputError(
+                    f"{self.loc.child(shard_name)}: being written by {who}, still alive; "
+                    "stop that run or wait for it"
+                )
+            self.loc.remove(shard_name)
+        return ShardGroupWriter(self, shard_name, overwrite)
 
 
 class _Appender:
@@ -142,14 +176,16 @@ class ShardGroupWriter:
     Memory: at most about one chunk (+ the batch being appended) per array.
     """
 
-    def __init__(self, store: TeacherStoreWriter, name: str) -> None:
+    def __init__(self, store: TeacherStoreWriter, name: str, overwrite: bool = False) -> None:
         self.store = store
         self.name = name
+        self.overwrite = overwrite
         self.codec = store.codec
         self.taps = store.spec.taps
         self.dims = store.spec.dims
         loc = store.loc
-        self._dir = f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}" if loc.local else name
+        self.owner = OwnerRecord.mine(uuid.uuid4().hex)
+        self._dir = tmp_name(self.owner.id, name) if loc.local else name
         self.group = zarr.open_group(
             loc.child(self._dir),
             mode="w",
@@ -160,6 +196,7 @@ class ShardGroupWriter:
                 "codec": self.codec.name,
                 "chunk_samples": store.chunk_samples,
                 "complete": False,
+                **self.owner.as_attrs(),
             },
         )
         self.count = 0
@@ -177,18 +214,22 @@ class ShardGroupWriter:
         return (self.dims["text"],) if tap in STAGES_TEXT else (self.dims["emb"],)
 
     def _new(self, name: str, shape: tuple[int, ...], chunk: int, dtype: Any, comp: Any) -> None:
-        kwargs = {} if comp is None else {"compressors": comp}
         arr = self.group.create_array(
-            name, shape=(0, *shape), chunks=(chunk, *shape), dtype=dtype, fill_value=0, **kwargs
+            name,
+            shape=(0, *shape),
+            chunks=(chunk, *shape),
+            dtype=dtype,
+            fill_value="" if dtype is str else 0,
+            compressors=checksummed(comp),
+            config=ARRAY_CONFIG,
         )
         self._app[name] = _Appender(arr)
 
     def _make_arrays(self) -> None:
         cs = self.store.chunk_samples
-        self.group.create_array("keys", shape=(0,), chunks=(INDEX_CHUNK,), dtype=str)
-        self._app["keys"] = _Appender(self.group["keys"])
+        self._new("keys", (), INDEX_CHUNK, str, INDEX_COMPRESSOR)
         if any(t in STAGES_TEXT for t in self.taps):
-            self._new("text_offsets", (), INDEX_CHUNK, np.int64, None)
+            self._new("text_offsets", (), INDEX_CHUNK, np.int64, INDEX_COMPRESSOR)
             self._app["text_offsets"].append(np.zeros(1, np.int64))
         for tap in self.taps:
             chunk = cs * TEXT_ROWS_PER_SAMPLE if tap in STAGES_TEXT else cs
@@ -237,6 +278,7 @@ class ShardGroupWriter:
         rows = {tap: self._rows(tap, feats, b) for tap in self.taps}
         if not b:
             return
+        self.owner.beat_if_due(self.group)
         if not self._calibrated:
             self._calibrate(rows)
         for tap, x in rows.items():
@@ -266,34 +308,69 @@ class ShardGroupWriter:
             scale = self.codec.calibrate(x)
             self._chscale[tap] = scale
             if scale is not None:
-                arr = self.group.create_array(f"{tap}_chscale", shape=scale.shape, dtype=np.float32)
+                arr = self.group.create_array(
+                    f"{tap}_chscale",
+                    shape=scale.shape,
+                    dtype=np.float32,
+                    compressors=checksummed(),
+                    config=ARRAY_CONFIG,
+                )
                 arr[:] = scale
         self._calibrated = True
 
-    def commit(self, missing: Iterable[str] = ()) -> int:
-        """Flush, mark complete and publish the group; ``missing`` = keys the teacher skipped.
+    def commit(self, missing: Iterable[str] = (), source: dict | None = None) -> int:
+        """Flush, check, mark complete and publish the group; ``missing`` = keys the teacher
+        skipped, ``source`` = the source shard's digest (`sources.shard_digest`), if known.
 
-        Returns the number of samples stored.
+        Returns the number of samples stored. Publishes nothing and raises RuntimeError when the
+        group on storage is no longer this writer's or does not hold what it counted.
         """
         if self._done:
             raise RuntimeError(f"{self.name}: already committed or aborted")
         for app in self._app.values():
             app.close()
-        self.group.attrs.update(
-            {"count": self.count, "text_rows": self.text_rows, "missing": [str(k) for k in missing]}
-        )
+        self._check_before_publish()
+        attrs = {"count": self.count, "text_rows": self.text_rows, "missing": [*map(str, missing)]}
+        if source is not None:
+            attrs["source"] = source
+        self.group.attrs.update(attrs)
         self.group.attrs["complete"] = True  # written last: the object-store visibility flag
-        loc = self.store.loc
-        if loc.local:
-            trash = None
-            if loc.exists(self.name):  # overwrite=True of a complete group
-                trash = f"{TMP_PREFIX}{uuid.uuid4().hex}-{self.name}"
-                loc.rename(self.name, trash)
-            loc.rename(self._dir, self.name)
-            if trash:
-                loc.remove(trash)
+        if self.store.loc.local:
+            self._publish()
         self._done = True
         return self.count
+
+    def _check_before_publish(self) -> None:
+        loc = self.store.loc
+        owner = read_owner(loc, self._dir)
+        if owner is None or owner.id != self.owner.id:
+            problems = ["its group was removed or taken over by another writer meanwhile"]
+        else:
+            group = zarr.open_group(loc.child(self._dir), mode="r")
+            shapes = expected_shapes(self.taps, self.dims, self.codec, self.count, self.text_rows)
+            problems = array_problems(group, shapes)
+        if problems:
+            self._done = True
+            if loc.local or (owner is not None and owner.id == self.owner.id):
+                loc.remove(self._dir)  # ours alone (a temporary name holds this writer's id)
+            raise RuntimeError(f"{loc.child(self.name)}: not published: {'; '.join(problems)}")
+
+    def _publish(self) -> None:
+        """Rename the temporary group into place (exclusive unless `overwrite`)."""
+        loc = self.store.loc
+        if self.overwrite and loc.exists(self.name):
+            trash = tmp_name(uuid.uuid4().hex, self.name)
+            loc.rename(self.name, trash)
+            loc.rename(self._dir, self.name)
+            loc.remove(trash)
+            return
+        try:
+            loc.rename(self._dir, self.name)  # fails if another writer published first
+        except OSError:
+            if not self.store.is_complete(self.name):
+                raise
+            log.warning("%s: published meanwhile by another writer; copy dropped", self.name)
+            loc.remove(self._dir)
 
     def abort(self) -> None:
         """Drop everything written so far (nothing becomes visible)."""

@@ -1,0 +1,71 @@
+"""`clipocr train` as a user runs it: faults in its input end in one red line (exit 2) or are
+survived, never a hang or a traceback."""
+
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import WORDS, fake_store, make_shards, text_image, write_lmdb
+
+from clipocr.commands.app import main
+
+
+def run(capsys: pytest.CaptureFixture[str], monkeypatch, *args: object) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["clipocr", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def deadline():
+    """A hang fails the test instead of stalling the suite."""
+
+    def expired(signum, frame):
+        raise TimeoutError("clipocr train did not finish in time (hang?)")
+
+    before = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(180)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, before)
+
+
+def _train_args(shards: Path, store: Path, out: Path, *more: object) -> list[object]:
+    return ["train", "--shards", shards, "--teacher-store", store, "--out", out, "--preset",
+            "test", "--batch-size", 8, "--threads", 1, "--ckpt-every", 1000, *more]  # fmt: skip
+
+
+def test_a_truncated_jpeg_does_not_hang_training(capsys, monkeypatch, tmp_path, deadline):
+    """The issue's case: 17 JPEGs, one cut to 100 bytes → prepare → cache (listed missing) →
+    `train --max-steps 3` with two workers finishes."""
+    from clipocr.pipeline.charset import Charset
+    from clipocr.pipeline.shards import prepare_shards
+
+    words = [*WORDS, "extra"]
+    images = [text_image(w, "JPEG") for w in words]
+    images[9] = images[9][:100]
+    db = write_lmdb(tmp_path / "db", list(zip(images, words)))
+    shards = tmp_path / "shards"
+    prepare_shards([db], shards, Charset.from_name("36"), 16, progress=False)
+    store = fake_store(shards, tmp_path / "store")
+    args = _train_args(shards, store, tmp_path / "run", "--max-steps", 3, "--workers", 2)
+    code, out, err = run(capsys, monkeypatch, *args)
+    assert code == 0, err
+    assert "student exported" in out
+
+
+def test_input_error_in_a_worker_is_its_own_line(capsys, monkeypatch, tmp_path, deadline):
+    """With --workers 2 the user reads the InputError's message, not torch's "Caught InputError
+    in DataLoader worker process 0" and the worker's traceback."""
+    shards = make_shards(tmp_path / "a", WORDS, shard_size=8)
+    other = make_shards(tmp_path / "b", list(reversed(WORDS)), shard_size=8)
+    store = fake_store(other, tmp_path / "store")
+    args = _train_args(shards, store, tmp_path / "run", "--max-steps", 2, "--workers", 2)
+    code, _, err = run(capsys, monkeypatch, *args)
+    assert code == 2, err
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith(f"error: {store}/shard-00000") and "text rows" in last, err
+    assert "Caught" not in err and "Traceback" not in err, err
