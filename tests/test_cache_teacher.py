@@ -246,3 +246,28 @@ def test_dead_or_stalled_decoding_worker_fails_the_shard(
     assert isinstance(outcome.get("error"), LoaderFailed)
     assert "shard-000000.tar: image decoding failed" in str(outcome["error"])
     assert TeacherStore(tmp_path / "store").shards() == {}
+
+
+def test_a_cpu_task_leaves_the_decode_workers_their_cores(shards, tiny_teacher, tmp_path,
+                                                         monkeypatch) -> None:  # fmt: skip
+    """On CPU a task gives the teacher the usable cores minus its decode workers (or --threads)."""
+    import os
+
+    import torch
+
+    from clipocr.cache_teacher.orchestrate import run_shard
+    from clipocr.pipeline.shards import shard_paths
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        job = CacheJob(str(shards), str(tmp_path / "a"), tiny_teacher,
+                       RunnerConfig(batch_size=4, workers=1), device="cpu")  # fmt: skip
+        run_shard(job, str(shard_paths(shards)[0]))
+        assert torch.get_num_threads() == 2
+        job.threads = 1
+        run_shard(job, str(shard_paths(shards)[0]))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

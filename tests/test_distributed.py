@@ -169,6 +169,8 @@ def test_cache_teacher_on_an_external_cluster_survives_a_killed_worker(tmp_path:
             time.sleep(0.02)
         assert victim is not None, "no worker was seen writing a group before the run ended"
         os.kill(victim, signal.SIGKILL)
+        # Reap it, as a shell or a nanny would: an unreaped (zombie) pid still looks alive.
+        next(p for p in procs if p.pid == victim).wait(timeout=10)
         try:
             driver.wait(timeout=max(deadline - time.monotonic(), 1))
         except subprocess.TimeoutExpired:

@@ -26,6 +26,7 @@ from clipocr.cache_teacher.teacher import Teacher, TeacherConfig, load_teacher, 
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.shards import load_index, shard_paths
 from clipocr.pipeline.teacher_store import TeacherStoreWriter, shard_group_name
+from clipocr.pipeline.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 # dask's scheduler/worker INFO chatter would bury the progress bars.
@@ -41,6 +42,7 @@ class CacheJob:
     teacher: TeacherConfig
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     device: str = "auto"  # auto = the worker's GPU if any, else CPU
+    threads: int | None = None  # torch threads of a CPU task (None: cores minus decode workers)
 
 
 def _worker_device(requested: str) -> torch.device:
@@ -63,6 +65,8 @@ def _cached_teacher(cfg: TeacherConfig, device: str) -> Teacher:
 def run_shard(job: CacheJob, shard: str) -> dict:
     """One dask task: cache `shard` (a path) into the store unless it is already complete."""
     device = _worker_device(job.device)
+    if device.type == "cpu":  # leave the decode workers their cores (see pipeline.threads)
+        torch.set_num_threads(cpu_threads(job.runner.workers, job.threads).intra_op)
     teacher = _cached_teacher(job.teacher, str(device))
     writer = TeacherStoreWriter(job.out, store_spec(teacher, job.runner.codec))
     name = shard_group_name(shard)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from clipocr.commands.common import CHARSET_HELP
+from clipocr.commands.common import CHARSET_HELP, ThreadsOption
 
 _TEACHER = "Teacher"
 _RUN = "Run"
@@ -79,6 +79,7 @@ def cache_teacher(
             rich_help_panel=_RUN,
         ),
     ] = True,
+    threads: ThreadsOption = None,
     verify: Annotated[
         Path | None,
         typer.Option(help="Only verify this store (with --shards: against shards.json)."),
@@ -117,6 +118,7 @@ def cache_teacher(
         ),
         runner=RunnerConfig(batch_size, workers, precision, codec),
         device=device,
+        threads=threads,
     )  # fmt: skip
     summary = run_cache(
         job, scheduler=scheduler, dask_workers=dask_workers, processes=dask_processes
