@@ -14,6 +14,7 @@ from torchvision import transforms as T
 from clipocr.evaluate import evaluate
 from clipocr.evaluate.benchmark import measure_speed
 from clipocr.pipeline.charset import Charset
+from clipocr.pipeline.errors import InputError
 
 IMG = text_image("abc")
 
@@ -79,3 +80,23 @@ def test_measure_speed_reports_positive_figures() -> None:
     speed = measure_speed(model, torch.zeros(3, 3, 32, 128, dtype=torch.uint8), batch_size=5)
     assert speed.ms_per_image > 0 and speed.images_per_s > 0 and speed.batch_size == 5
     assert model.batches[-1] == 5 and 1 in model.batches
+
+
+class TwoReaders(ConstantReader):
+    """`read` says "abc" (the AR decoder), `read_ctc` says "xyz" (the CTC head)."""
+
+    ctc_head = nn.Identity()
+
+    def read_ctc(self, images: torch.Tensor) -> list[tuple[str, float]]:
+        return [("xyz", 0.5)] * images.shape[0]
+
+
+def test_evaluate_scores_the_ctc_head_on_request(tmp_path: Path) -> None:
+    path = write_lmdb(tmp_path / "IIIT5k", [(IMG, w) for w in ["abc", "xyz", "abc"]])
+    model = TwoReaders("abc")
+    assert evaluate(model, [path]).rows[0].tally.correct == 2
+    assert evaluate(model, [path], decoding="ctc").rows[0].tally.correct == 1
+    with pytest.raises(InputError, match="no CTC head"):
+        evaluate(ConstantReader("abc"), [path], decoding="ctc")
+    with pytest.raises(InputError, match="unknown decoding"):
+        evaluate(model, [path], decoding="beam")

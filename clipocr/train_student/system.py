@@ -80,7 +80,8 @@ def param_groups(system: DistillSystem, lr: float, dec_lr_scale: float) -> list[
     """AdamW groups: the decoder side (token/position embeddings, decoder layers, its norm and
     classifier) at ``lr × dec_lr_scale``, everything else (encoder, CTC head, distillation
     heads) at `lr`. Why: the decoder's cross-attention learns where to look far more slowly
-    than the encoder learns to see (issue 13), so it may need its own rate."""
+    than the encoder learns to see (issue 13), so it was given its own rate to try; on the demo
+    2× and 4× were worse than 1 (docs/issue13_findings.md), hence the default of one rate."""
     student = system.student
     decoder = [student.tok_embed, student.dec_layers, student.dec_norm, student.head]
     dec_ids = {id(p) for m in decoder for p in m.parameters()} | {id(student.pos_queries)}
