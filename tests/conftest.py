@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,15 @@ def text_image(text: str, fmt: str = "PNG", size: tuple[int, int] = (100, 32)) -
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
+
+
+def run_console(main, prog: str, capsys, monkeypatch, *args: object) -> tuple[int, str, str]:
+    """Run a console-script `main` with `args` as its argv: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", [prog, *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
 
 
 def write_lmdb(path: Path, samples: list[tuple[bytes, str]]) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from conftest import text_image, write_lmdb
+from conftest import run_console, text_image, write_lmdb
 
 from clipocr.commands.app import main
 
@@ -15,11 +15,7 @@ WORDS = [f"w{i}" for i in range(12)]
 
 
 def run(capsys: pytest.CaptureFixture[str], monkeypatch, *args: object) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["clipocr", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
+    return run_console(main, "clipocr", capsys, monkeypatch, *args)
 
 
 @pytest.fixture

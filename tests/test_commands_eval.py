@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as tfn
-from conftest import text_image, write_lmdb
+from conftest import run_console, text_image, write_lmdb
 from PIL import Image
 
 from clipocr.commands.eval import main
@@ -57,12 +57,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run(capsys: pytest.CaptureFixture[str], monkeypatch, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["clipocr-eval", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
+def run(capsys: pytest.CaptureFixture[str], monkeypatch, *args: object) -> tuple[int, str, str]:
+    return run_console(main, "clipocr-eval", capsys, monkeypatch, *args)
 
 
 def test_table_json_and_predictions_agree(checkpoint, root, tmp_path, capsys, monkeypatch):

@@ -2,21 +2,16 @@
 survived, never a hang or a traceback."""
 
 import signal
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import WORDS, fake_store, make_shards, text_image, write_lmdb
+from conftest import WORDS, fake_store, make_shards, run_console, text_image, write_lmdb
 
 from clipocr.commands.app import main
 
 
 def run(capsys: pytest.CaptureFixture[str], monkeypatch, *args: object) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["clipocr", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
+    return run_console(main, "clipocr", capsys, monkeypatch, *args)
 
 
 @pytest.fixture

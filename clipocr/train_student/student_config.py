@@ -95,6 +95,16 @@ class StudentConfig:
         return cls(**data)
 
 
+_MINI = StudentConfig(
+    enc_dim=128,
+    enc_depth=4,
+    enc_heads=4,
+    patch_size=(32, 4),
+    mlp_ratio=2.0,
+    dec_heads=4,
+    dec_mlp_ratio=2.0,
+)
+
 PRESETS: dict[str, StudentConfig] = {
     # Tiny dims for tests: stage taps after blocks 1/2/3, 4 decoder layers like the paper.
     "test": StudentConfig(
@@ -110,33 +120,13 @@ PRESETS: dict[str, StudentConfig] = {
     "tiny": StudentConfig(enc_dim=192, enc_heads=3, dec_heads=6),
     # A CPU-sized student for the offline demo: full-height 32×4 patches (32 tokens, read left to
     # right like CRNN columns) keep a training step affordable on two cores.
-    "mini": StudentConfig(
-        enc_dim=128,
-        enc_depth=4,
-        enc_heads=4,
-        patch_size=(32, 4),
-        mlp_ratio=2.0,
-        dec_heads=4,
-        dec_mlp_ratio=2.0,
-    ),  # fmt: skip
-    # The demo's student (issue 13, FINDINGS on branch exp13): mini's sizes plus the CPU-budget
+    "mini": _MINI,
+    # The demo's student (issue 13, docs/issue13_findings.md): mini's sizes plus the CPU-budget
     # additions — a conv stem (the encoder sees strokes from the first steps), a CTC head on its
     # tokens (a per-column loss that teaches the encoder to read long before the decoder's
     # cross-attention has learnt where to look) and the CTC character index in the decoder's
     # memory (so the decoder reads as soon as the encoder does); no dropout in a run this short.
-    "demo": StudentConfig(
-        enc_dim=128,
-        enc_depth=4,
-        enc_heads=4,
-        patch_size=(32, 4),
-        mlp_ratio=2.0,
-        dec_heads=4,
-        dec_mlp_ratio=2.0,
-        dropout=0.0,
-        stem="conv",
-        ctc_weight=1.0,
-        ctc_align=True,
-    ),  # fmt: skip
+    "demo": replace(_MINI, dropout=0.0, stem="conv", ctc_weight=1.0, ctc_align=True),
     # The paper's student (ViT-S encoder).
     "small": StudentConfig(),
     # ViT-B encoder; decoder heads of 64 dims as in ViT-B.
