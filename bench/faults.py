@@ -364,7 +364,7 @@ def f_kill_train(w: Work) -> tuple[bool, str]:
     resumed = clip(*w.train_args(out, None, "--resume"))
     if resumed.returncode != 0:
         return False, f"resume rc {resumed.returncode}: {resumed.stderr[-150:]}"
-    steps = [json.loads(x)["step"] for x in (out / "history.jsonl").read_text().split()]
+    steps = [json.loads(x)["step"] for x in (out / "history.jsonl").read_text().splitlines()]
     same = same_student(out / "student.safetensors", w.ref / "student.safetensors")
     ok = same and len(steps) == len(set(steps))
     return ok, f"bit-identical to uninterrupted: {same}; history steps unique: {ok or same}"
@@ -426,13 +426,15 @@ def f_disk_full_cache(w: Work) -> tuple[bool | None, str]:
     w.resize(str(max(size // 2, 64 * 1024)))
     full = clip("cache-teacher", "--shards", w.shards, "--out", out, *w.cache_args())
     failed = full.returncode != 0 and "Traceback" not in full.stderr
+    why = [line for line in full.stderr.splitlines() if "rror" in line][-1:]
     partial = clip("cache-teacher", "--verify", out)  # complete groups only, all sound
     w.resize("64m")
     ok, note = _finish_cache(w, out)
     shutil.rmtree(out)
     ok = ok and failed and partial.returncode == 0
-    return ok, f"full disk: rc {full.returncode}, partial store verifies: " + (
-        f"{partial.returncode == 0}; rerun {note}"
+    return ok, (
+        f"full disk: rc {full.returncode} {why}, traceback: {'Traceback' in full.stderr}, "
+        f"partial store verifies: {partial.returncode == 0}; rerun {note}"
     )
 
 
@@ -552,7 +554,7 @@ def _store_copy(w: Work, name: str) -> Path:
     return store
 
 
-def _run_copy(w: Work, name: str, keep: str = "step-00000008") -> Path:
+def _run_copy(w: Work, name: str, keep: str = "step-00000016") -> Path:
     """The reference run as it stood when its `keep` checkpoint was the newest."""
     run = w.path(name)
     shutil.copytree(w.ref, run, ignore=lambda d, names: [
@@ -682,8 +684,8 @@ def b_no_index_train(w):
 
 
 def b_truncated_state(w):
-    run = _run_copy(w, "trunc-state", keep="step-00000008")
-    state = run / "checkpoints" / "step-00000008" / "state.pt"
+    run = _run_copy(w, "trunc-state")
+    state = run / "checkpoints" / "step-00000016" / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])
     return clear_error(clip(*w.train_args(run, None, "--resume")))
 
@@ -707,7 +709,7 @@ def b_resume_other_lr(w):
 
 
 def b_resume_past_budget(w):
-    args = w.train_args(_run_copy(w, "past-budget", keep="step-00000016"), None, "--resume")
+    args = w.train_args(_run_copy(w, "past-budget"), None, "--resume")
     args[args.index("--max-steps") + 1] = 8
     return clear_error(clip(*args), "step budget")
 
@@ -722,12 +724,15 @@ def b_other_run_in_out(w):
 
 
 def b_worker_error_line(w):
-    other = _other_shards(w)
-    args = ["train", "--shards", other, "--teacher-store", w.store,
-            "--out", w.path("worker-error"), *TRAIN_ARGS]  # fmt: skip
+    """A store error raised inside a DataLoader worker reads as its own line, not torch's
+    "Caught InputError in DataLoader worker process 0" and the worker's traceback."""
+    store = _store_copy(w, "worker-error")
+    chunk = chunk_file(store)
+    chunk.write_bytes(chunk.read_bytes()[:40] + b"\0" * 64)
+    args = w.train_args(w.path("worker-error-run"), store)
     args[args.index("--workers") + 1] = 2
     done = clip(*args)
-    ok, note = clear_error(done)
+    ok, note = clear_error(done, "shard-")
     return ok and "Caught" not in done.stderr, note
 
 

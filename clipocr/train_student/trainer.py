@@ -106,7 +106,7 @@ def open_store(cfg: TrainConfig, charset: Charset) -> TeacherStore:
     return store
 
 
-def unwrap_worker_error(err: InputError) -> InputError:
+def unwrap_worker_error(err: Exception) -> Exception:
     """The InputError a DataLoader worker raised, as its own one-line message.
 
     torch re-raises a worker's exception in the main process as the same class with the whole
@@ -333,7 +333,7 @@ class Trainer:
             while self.pos.step < self.total_steps:
                 try:
                     self._epoch(loader, history, bar)
-                except InputError as err:
+                except (InputError, OSError) as err:  # bad input; a full disk (see `run`)
                     bar.close()  # so the error starts a line of its own
                     raise unwrap_worker_error(err) from None
             if self.validate and self.is_main and self.pos.step % self.cfg.val_every != 0:
