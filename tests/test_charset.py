@@ -107,5 +107,9 @@ def test_batch_targets_layout() -> None:
 
 
 def test_unknown_charset() -> None:
-    with pytest.raises(ValueError, match="unknown charset"):
-        Charset.from_name("99")
+    """Bad input (the CLI prints one line) that config validation can still catch as ValueError."""
+    from clipocr.pipeline.errors import InputError
+
+    for kind in (ValueError, InputError):
+        with pytest.raises(kind, match="unknown charset"):
+            Charset.from_name("99")

@@ -27,6 +27,22 @@ def test_staleness_by_process_and_heartbeat() -> None:
     assert replace(far, beat=time.time() - STALE_AFTER_S - 1).is_stale()
 
 
+def test_a_killed_but_unreaped_writer_counts_as_gone() -> None:
+    """A zombie (killed, its parent has not waited for it yet) will never write again."""
+    me = OwnerRecord.mine("b" * 32)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline:  # wait until it has exited, without reaping it
+        with open(f"/proc/{child.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.05)
+    try:
+        assert replace(me, pid=child.pid, start=None).is_stale()
+    finally:
+        child.wait()
+
+
 def test_open_shard_removes_only_abandoned_groups(tmp_path: Path) -> None:
     root = tmp_path / "s"
     writer = TeacherStoreWriter(root, spec())

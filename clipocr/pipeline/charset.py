@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from clipocr.pipeline.errors import InputError
+
 CHARSETS: dict[str, str] = {
     "36": string.digits + string.ascii_lowercase,
     "62": string.digits + string.ascii_lowercase + string.ascii_uppercase,
@@ -37,6 +39,11 @@ def normalize_label(label: str) -> str:
     """Whitespace removed, NFKD-normalised, non-ASCII dropped: the form whose length is checked."""
     text = "".join(label.split())
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+
+
+class UnknownCharset(InputError, ValueError):
+    """A charset name that is not 36, 62 or 94: bad input (one line in the CLI), and still a
+    `ValueError` for code that validates configs with it."""
 
 
 class LabelRejected(ValueError):
@@ -64,7 +71,7 @@ class Charset:
     def from_name(cls, name: str | int, max_len: int = MAX_LABEL_LEN) -> Charset:
         key = str(name)
         if key not in CHARSETS:
-            raise ValueError(f"unknown charset {name!r}; choose one of {sorted(CHARSETS)}")
+            raise UnknownCharset(f"unknown charset {name!r}; choose one of {sorted(CHARSETS)}")
         return cls(key, CHARSETS[key], max_len)
 
     # ids ------------------------------------------------------------------------------------

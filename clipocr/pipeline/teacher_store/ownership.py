@@ -34,13 +34,19 @@ STALE_AFTER_S = 1800.0
 BEAT_EVERY_S = 30.0
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (Linux), so a reused pid is not taken for alive."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (Linux), None where unavailable."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (Linux), so a reused pid is not taken for alive."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def _alive(pid: int, start: str | None) -> bool:
@@ -50,6 +56,9 @@ def _alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # killed, not yet reaped: it will never write again
+        return False
     return start is None or _start_time(pid) in (None, start)
 
 
