@@ -184,11 +184,21 @@ def teacher_pretrain(
     """
     given = dict(locals())
     given.pop("config")
-    import shlex
-    import sys
-
     from clipocr.cache_teacher.pretrain import PretrainConfig, pretrain
 
-    given["command"] = " ".join(["clipocr", *map(shlex.quote, sys.argv[1:])])
+    given["command"] = _command_line("teacher-pretrain", given, config)
     result = pretrain(PretrainConfig.from_sources(config, given))
     typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+
+
+def _command_line(name: str, given: dict, config: Path | None) -> str:
+    """The command as the flags that were given (recorded in TEACHER.md), rebuilt from the
+    parsed values rather than `sys.argv`, which is not the command's when it runs in-process."""
+    import shlex
+
+    words = ["clipocr", name] + (["--config", str(config)] if config else [])
+    for key, value in given.items():
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                words += [f"--{key.replace('_', '-')}", str(item)]
+    return shlex.join(words)
