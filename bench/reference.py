@@ -36,15 +36,6 @@ class Arm:
     one_minus_ned: dict[str, float]
 
 
-def _render(out: Path, num: int, seed: int, style: str) -> Path:
-    from clipocr.pipeline.charset import Charset
-    from clipocr.pipeline.synth import render_lmdb
-
-    if not out.exists():
-        render_lmdb(out, num=num, seed=seed, charset=Charset.from_name("36"), style=style)
-    return out
-
-
 def _split_real(real_root: Path, data: Path, held_back: int, seed: int) -> list[Path]:
     """Each real split as two LMDBs: `train/NAME` and `val/NAME` (`held_back` samples)."""
     from clipocr.pipeline.lmdb_io import LmdbWriter
@@ -121,7 +112,7 @@ def main() -> None:
     from clipocr.cache_teacher.orchestrate import CacheJob, run_cache
     from clipocr.cache_teacher.runner import RunnerConfig
     from clipocr.cache_teacher.teacher import DEFAULT_DEMO_TEACHER
-    from clipocr.commands.demo import train_runs
+    from clipocr.commands.demo import render_once, train_runs
     from clipocr.commands.eval import run_evaluation
     from clipocr.pipeline.charset import Charset
     from clipocr.pipeline.shards import prepare_shards
@@ -131,11 +122,11 @@ def main() -> None:
     out, data = args.out, args.out / "data"
     clean = round(args.words * 0.7)
     train_sets = [
-        _render(data / "train" / "synth_clean", clean, 101, "clean"),
-        _render(data / "train" / "synth_hard", args.words - clean, 102, "hard"),
+        render_once(data / "train" / "synth_clean", clean, 101, "clean"),
+        render_once(data / "train" / "synth_hard", args.words - clean, 102, "hard"),
         *_split_real(args.real_data, data, args.held_back, seed=0),
     ]
-    _render(data / "val" / "synth_clean", 500, 103, "clean")
+    render_once(data / "val" / "synth_clean", 500, 103, "clean")
     shards = data / "shards"
     if not (shards / "shards.json").exists():
         prepare_shards(train_sets, shards, Charset.from_name("36"), shard_size=5000)

@@ -83,12 +83,14 @@ def _real_lmdbs(real_root: Path, data: Path, count: int, seed: int) -> list[Path
     return made
 
 
-def _render(path: Path, num: int, seed: int, style: str) -> None:
+def render_once(path: Path, num: int, seed: int, style: str) -> Path:
+    """Render `num` words of `style` into the LMDB `path` unless it exists (a rerun resumes)."""
     from clipocr.pipeline.charset import Charset
     from clipocr.pipeline.synth import render_lmdb
 
     if not path.exists():
         render_lmdb(path, num=num, seed=seed, charset=Charset.from_name("36"), style=style)
+    return path
 
 
 def _train_config(
@@ -280,11 +282,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     typer.secho(f"teacher: {teacher_text}", fg="cyan")
 
     _stage("1/5 render words (train, val, test sets)")
-    _render(data / "train", cfg.scaled(cfg.train_words), cfg.data_seed + 1, "clean")
-    _render(data / "train_hard", cfg.scaled(cfg.hard_words), cfg.data_seed + 11, "hard")
-    _render(data / "val", cfg.scaled(cfg.test_words) // 2, cfg.data_seed + 2, "clean")
-    _render(data / "test" / "synth_clean", cfg.scaled(cfg.test_words), cfg.data_seed + 3, "clean")
-    _render(data / "test" / "synth_hard", cfg.scaled(cfg.test_words), cfg.data_seed + 4, "hard")
+    render_once(data / "train", cfg.scaled(cfg.train_words), cfg.data_seed + 1, "clean")
+    render_once(data / "train_hard", cfg.scaled(cfg.hard_words), cfg.data_seed + 11, "hard")
+    render_once(data / "val", cfg.scaled(cfg.test_words) // 2, cfg.data_seed + 2, "clean")
+    render_once(
+        data / "test" / "synth_clean", cfg.scaled(cfg.test_words), cfg.data_seed + 3, "clean"
+    )
+    render_once(data / "test" / "synth_hard", cfg.scaled(cfg.test_words), cfg.data_seed + 4, "hard")
     if cfg.real_data:
         real = _real_lmdbs(Path(cfg.real_data), data, cfg.scaled(cfg.real_words), cfg.data_seed)
         typer.echo(f"real test sets: {', '.join(p.name for p in real) or 'none found'}")

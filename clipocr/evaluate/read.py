@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from clipocr.pipeline.preprocess import normalize, resize, to_uint8_tensor
+from clipocr.pipeline.preprocess import load_uint8, normalize
 from clipocr.train_student.model import Student
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -52,16 +52,9 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def _load(path: Path) -> torch.Tensor:
-    """The protocol's decode: full-resolution PIL decode, RGB, bicubic resize, uint8."""
-    with Image.open(path) as img:
-        img.load()
-        return to_uint8_tensor(resize(img.convert("RGB")))
-
-
 def _decode(path: Path) -> tuple[torch.Tensor | None, str]:
     try:
-        return _load(path), ""
+        return load_uint8(path.read_bytes()), ""  # the protocol's full decode
     except FileNotFoundError:
         return None, "no such file"
     except IsADirectoryError:
