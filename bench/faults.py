@@ -235,6 +235,16 @@ class Work:
         return self.root / "cases" / f"{self.n:02d}-{name}"
 
     def build(self) -> None:
+        """Render and prepare the data, cache it, train the reference run; a `--work` folder
+        built before is reused (only its per-case folders are cleared)."""
+        shutil.rmtree(self.root / "cases", ignore_errors=True)
+        built = self.root / "built"
+        if not built.exists():
+            self._build()
+            built.touch()
+        self.tmpfs = self._mount(self.root / "tmpfs")
+
+    def _build(self) -> None:
         for args in (
             ["synth", "--out", self.lmdb, "--num", 192, "--seed", 0],
             ["prepare", "--lmdb", self.lmdb, "--out", self.shards, "--shard-size", 32],
@@ -247,7 +257,6 @@ class Work:
             done = clip(*args, timeout=300)
             if done.returncode != 0:
                 sys.exit(f"setup failed: clipocr {args[0]}: {done.stderr[-2000:]}")
-        self.tmpfs = self._mount(self.root / "tmpfs")
 
     def cache_args(self, processes: bool = False, workers: int = 0) -> list[object]:
         mode = "--dask-processes" if processes else "--dask-threads"
@@ -260,7 +269,7 @@ class Work:
 
     @staticmethod
     def _mount(where: Path) -> Path | None:
-        where.mkdir(parents=True)
+        where.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
                               capture_output=True, text=True)  # fmt: skip
         return where if done.returncode == 0 else None

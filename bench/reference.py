@@ -147,7 +147,8 @@ def main() -> None:
     steps = max(args.samples // args.batch_size, 1)
     val_every = args.val_every or max(steps // 20, 1)
     vals = sorted(str(p) for p in (data / "val").iterdir())
-    parallel = args.device == "cpu" and usable_cores() >= 2
+    cpu = args.device == "cpu"
+    parallel = cpu and usable_cores() >= 2  # on one core (taskset): one arm after the other
     arms: list[Arm] = []
     curves: dict[str, list[tuple[int, float]]] = {}
     for seed in args.seeds:
@@ -170,8 +171,8 @@ def main() -> None:
                     val_every=val_every,
                     ckpt_every=val_every,
                     log_every=max(val_every // 10, 1),
-                    workers=0 if parallel else 2,
-                    threads=1 if parallel else None,
+                    workers=0 if cpu else 2,  # on a CPU a worker only takes turns with the math
+                    threads=1 if cpu else None,
                     progress=not parallel,
                 )  # fmt: skip
             )

@@ -3,7 +3,9 @@
 The driver creates the store (manifest) once, then submits one task per shard that is not yet
 complete, so a rerun after a kill resumes where it stopped. A task loads the teacher once per
 worker process (cached), picks that worker's GPU, caches its shard and commits the group; dask
-retries a failed task, and shards that still fail are reported, never silently dropped.
+retries a failed task, and shards that still fail are reported, never silently dropped. A full
+disk is not retried (it would fail again): the task returns `DiskFull`, the run stops with one
+line naming the store, and the finished shards are kept for the rerun.
 
 By default a `LocalCluster` with one worker per visible GPU (or one CPU worker); `--scheduler
 tcp://…` spreads the shards over every worker of a running cluster, on as many GPU nodes as it has.
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from clipocr.cache_teacher.runner import RunnerConfig, cache_shard
 from clipocr.cache_teacher.teacher import Teacher, TeacherConfig, load_teacher, store_spec
 from clipocr.pipeline.errors import InputError
-from clipocr.pipeline.shards import load_index, shard_paths
+from clipocr.pipeline.shards import DISK_FULL, load_index, shard_paths
 from clipocr.pipeline.teacher_store import TeacherStoreWriter, shard_group_name
 from clipocr.pipeline.threads import cpu_threads
 
@@ -62,7 +64,16 @@ def _cached_teacher(cfg: TeacherConfig, device: str) -> Teacher:
     return load_teacher(cfg, device)
 
 
-def run_shard(job: CacheJob, shard: str) -> dict:
+@dataclass(frozen=True)
+class DiskFull:
+    """A shard task's result when the store's disk is full. Returned, not raised: dask would
+    retry the task (it would fail again) and log each try's traceback; the driver stops instead."""
+
+    shard: str  # shard file name
+    reason: str  # the OS's words (strerror)
+
+
+def run_shard(job: CacheJob, shard: str) -> dict | DiskFull:
     """One dask task: cache `shard` (a path) into the store unless it is already complete."""
     device = _worker_device(job.device)
     if device.type == "cpu":  # leave the decode workers their cores (see pipeline.threads)
@@ -72,8 +83,13 @@ def run_shard(job: CacheJob, shard: str) -> dict:
     name = shard_group_name(shard)
     if writer.is_complete(name):
         return {"shard": Path(shard).name, "count": None, "missing": [], "skipped": True}
-    with writer.open_shard(name) as group:
-        return cache_shard(teacher, group, Path(shard), job.runner)
+    try:
+        with writer.open_shard(name) as group:  # an unfinished group is removed on the way out
+            return cache_shard(teacher, group, Path(shard), job.runner)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        return DiskFull(Path(shard).name, err.strerror or str(err))
 
 
 def _client(scheduler: str | None, workers: int | None, processes: bool) -> Client:
@@ -143,15 +159,27 @@ def run_cache(
     with _client(scheduler, dask_workers, processes) as client:
         futures = client.map(run_shard, [job] * len(pending), pending, retries=retries, pure=False)
         shard_of = {f.key: p for f, p in zip(futures, pending)}
+        full: DiskFull | None = None
         for future in as_completed(futures):
             shard = shard_of[future.key]
+            if future.cancelled():  # after a full disk: not started, or its result dropped
+                continue
             if future.status == "error":
                 err = future.exception()
                 summary.failed[Path(shard).name] = f"{type(err).__name__}: {err}"
                 log.error("%s: failed after %d retries: %s", shard, retries, err)
+            elif isinstance(result := future.result(), DiskFull):
+                full = full or result
+                client.cancel([f for f in futures if not f.done()])  # they would fail alike
             else:
-                result = future.result()
                 summary.done.append(result)
             bar.update(counts[shard_group_name(shard)])
     bar.close()
+    if full is not None:
+        kept = summary.already_done + len(summary.done)
+        raise InputError(
+            f"{job.out}: disk full while caching the teacher ({full.reason}, at {full.shard}); "
+            f"the {kept} finished shard(s) of {summary.shards} are kept: free space and rerun "
+            "the same command to resume"
+        )
     return summary
