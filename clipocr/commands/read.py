@@ -1,4 +1,4 @@
-"""`clipocr read CHECKPOINT PATH…`: read the text in image files with a trained student."""
+"""`clipocr read [CHECKPOINT] PATH…`: read the text in image files with a trained student."""
 
 from __future__ import annotations
 
@@ -13,10 +13,27 @@ from clipocr.commands.common import ThreadsOption
 from clipocr.pipeline.errors import InputError
 
 
+def _split_checkpoint(args: list[Path]) -> tuple[Path, list[Path]]:
+    """(checkpoint, image paths): a first argument that is a ``.safetensors`` file names the
+    student, otherwise the bundled one reads."""
+    from clipocr.train_student.checkpoint import BUNDLED_STUDENT
+
+    if args and args[0].suffix == ".safetensors":
+        if len(args) == 1:
+            raise InputError(f"{args[0]}: a student checkpoint, but no image files or folders")
+        return args[0], args[1:]
+    return BUNDLED_STUDENT, args
+
+
 def read(
-    checkpoint: Annotated[Path, typer.Argument(help="Student checkpoint (student.safetensors).")],
-    paths: Annotated[
-        list[Path], typer.Argument(help="Image files, or folders searched for image files.")
+    args: Annotated[
+        list[Path],
+        typer.Argument(
+            help="[CHECKPOINT] PATH…: an optional student checkpoint (a .safetensors file; "
+            "default: the bundled student, see clipocr/assets/student/STUDENT.md), then image "
+            "files, or folders searched for image files.",
+            show_default=False,
+        ),
     ],
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
     device: Annotated[
@@ -29,6 +46,9 @@ def read(
 ) -> None:
     """Print each file's text and confidence (TSV: path, text, confidence; or --json).
 
+    Without a CHECKPOINT the bundled student reads (1.6 M parameters, trained here on rendered
+    words and real IIIT5k/IC15 training crops; lower-case letters and digits).
+
     A file that cannot be read is reported on stderr and the others are still read; the exit
     code is 1 if any file failed.
     """
@@ -39,6 +59,7 @@ def read(
     from clipocr.pipeline.threads import cpu_threads
     from clipocr.train_student.checkpoint import load_student
 
+    checkpoint, paths = _split_checkpoint(args)
     dev = resolve_device(device)
     if dev == "cpu":
         torch.set_num_threads(cpu_threads(workers=0, threads=threads).intra_op)

@@ -23,6 +23,9 @@ from clipocr.train_student.model import Student, StudentConfig
 
 FORMAT = "clipocr-student"
 FORMAT_VERSION = "1"
+# The student shipped with the package (record: assets/student/STUDENT.md), so that `clipocr read`
+# works on a fresh install without training anything.
+BUNDLED_STUDENT = Path(__file__).resolve().parents[1] / "assets" / "student" / "student.safetensors"
 
 
 def save_student(path: str | os.PathLike, model: Student) -> None:
