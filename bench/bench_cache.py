@@ -28,6 +28,12 @@ the processes and their children (decode workers) ÷ samples. ``--pin`` puts pro
 i (use with ``--workers 0``, so one process is one core). The cores a 15,000 samples/s node
 needs follow from CPU-ms/sample.
 
+``--text-layout`` (default ``table``, as ``cache-teacher``): the text tower's rows go into the
+store's text table once per distinct label before the shards are cached (timed apart and
+reported as ``text table``), and the shards are cached through the image taps alone, each
+sample getting a reference; ``ragged`` stores text rows per sample as format 1 did. Shard
+writers are given the shard's count (``shards.json``), as `run_cache` gives it.
+
 Also prints bytes/sample of the store written and the projection for MJ+ST (15.9 M samples):
 disk = bytes/sample × 15.9 M; hours = 15.9 M ÷ end-to-end rate on the device measured. Random
 weights give the right speed but not the right compressibility. ``--json PATH`` also writes the
@@ -60,9 +66,10 @@ from _common import (
     sync,
 )
 
+from clipocr.cache_teacher.label_table import shard_labels, write_text_table
 from clipocr.cache_teacher.null_teacher import NullTeacher, load_null_teacher
 from clipocr.cache_teacher.runner import RunnerConfig, cache_shard
-from clipocr.cache_teacher.teacher import Teacher, load_teacher, store_spec
+from clipocr.cache_teacher.teacher import ImageTaps, Teacher, load_teacher, store_spec
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.precision import autocast
 from clipocr.pipeline.preprocess import IMG_H, IMG_W, load_uint8
@@ -89,24 +96,37 @@ def forward_only(
 
 
 def writer_only(
-    teacher: Teacher, feats: dict[str, torch.Tensor], root: Path, codec: str, num: int
+    teacher: Teacher,
+    feats: dict[str, torch.Tensor],
+    labels: list[str],
+    root: Path,
+    codec: str,
+    num: int,
+    layout: str = "ragged",
 ) -> float:
     """Samples/s of the writer thread's work alone: device → float16 numpy copies, then
-    `ShardGroupWriter.append` (encode, zstd, chunk writes) and the commit, for `num` samples.
+    `ShardGroupWriter.append` (encode, zstd, chunk writes) and the commit, for `num` samples
+    (their count known ahead, as `run_cache` knows it). In the ``table`` layout the batch's
+    labels are put in the text table first (not timed) and only the image taps are written.
 
     Mirrors `runner._WriterThread.run` for a lossless codec (float32 copies for lossy ones)."""
     lossless = parse_codec(codec).lossless
-    writer = TeacherStoreWriter(root, store_spec(teacher, codec))
-    b = len(feats["text_emb"])
+    writer = TeacherStoreWriter(root, store_spec(teacher, codec, layout))
+    if layout == "table":
+        write_text_table(teacher, writer, sorted(set(labels)))
+        feats = {k: v for k, v in feats.items() if k.startswith("image_s")}
+    b = len(labels)
+    keys = [f"shard-000000/{i:06d}" for i in range(num + b)]
+    label_of = {k: labels[i % b] for i, k in enumerate(keys)}
     tic = time.perf_counter()
-    with writer.open_shard("shard-000000") as group:
+    with writer.open_shard("shard-000000", expected=-(-num // b) * b, labels=label_of) as group:
         for start in range(0, num, b):
             arrays = {
                 k: v.cpu().numpy() if k == "text_lengths" else
                 (v.half() if lossless else v.float()).cpu().numpy()
                 for k, v in feats.items()
             }  # fmt: skip
-            group.append([f"shard-000000/{start + i:06d}" for i in range(b)], arrays)
+            group.append(keys[start : start + b], arrays)
         count = group.commit([])
     return count / (time.perf_counter() - tic)
 
@@ -160,7 +180,7 @@ def run_teacher(
     with autocast(runner.precision, device):
         feats = teacher.features(images, labels)
     write_num = args.writer_num or num
-    write_rate = writer_only(teacher, feats, tmp / "scratch", args.codec, write_num)
+    write_rate = writer_only(teacher, feats, labels, tmp / "scratch", args.codec, write_num)
     del feats
 
     fwd_before = forward_only(teacher, images, labels, runner, reps)
@@ -255,6 +275,8 @@ def _capacity_worker(
     cpu: int | None,
     barrier,
     results,
+    layout: str = "table",
+    expected: dict[str, int] | None = None,
 ) -> None:
     """One runner process: warm up, wait for the others, cache `shards`, report."""
     try:
@@ -267,13 +289,17 @@ def _capacity_worker(
         with autocast(runner.precision, dev):  # CUDA context, the teacher's fixed features
             teacher.features(torch.zeros((b, 3, IMG_H, IMG_W), dtype=torch.uint8, device=dev),
                              ["a"] * b)  # fmt: skip
-        writer = TeacherStoreWriter(store, store_spec(teacher, runner.codec))
+        writer = TeacherStoreWriter(store, store_spec(teacher, runner.codec, layout))
+        runs = ImageTaps(teacher) if layout == "table" else teacher
         barrier.wait(timeout=600)
         cpu0, start = tree_cpu_seconds(), time.monotonic()
         count = 0
-        for path in shards:
-            with writer.open_shard(shard_group_name(path)) as group:
-                count += cache_shard(teacher, group, Path(path), runner)["count"]
+        for path in shards:  # as `orchestrate.run_shard` does
+            name = shard_group_name(path)
+            labels = shard_labels(path) if layout == "table" else None
+            want = (expected or {}).get(name)
+            with writer.open_shard(name, expected=want, labels=labels) as group:
+                count += cache_shard(runs, group, Path(path), runner)["count"]
         sync(dev)
         end = time.monotonic()
         results.put({"count": count, "start": start, "end": end, "cpu": tree_cpu_seconds() - cpu0})
@@ -291,11 +317,21 @@ def capacity(
     processes: int,
     threads: int,
     pin: bool,
+    layout: str = "table",
 ) -> dict:
-    """`processes` runner processes caching `shards` (split round-robin) at once into `store`."""
+    """`processes` runner processes caching `shards` (split round-robin) at once into `store`;
+    in the ``table`` layout the text table is filled first (timed apart: ``table_seconds``)."""
     if len(shards) < processes:
         raise SystemExit(f"{processes} processes need at least as many shards, not {len(shards)}")
-    TeacherStoreWriter(store, store_spec(teacher, runner.codec))  # the manifest, once
+    writer = TeacherStoreWriter(store, store_spec(teacher, runner.codec, layout))  # the manifest
+    table_s, labels = 0.0, set()
+    if layout == "table":
+        tic = time.perf_counter()
+        labels = set().union(*(shard_labels(p).values() for p in shards))
+        write_text_table(teacher, writer, sorted(labels), runner.precision)
+        table_s = time.perf_counter() - tic
+    expected = {shard_group_name(s["name"]): int(s["count"])
+                for s in load_index(shards[0].parent)["shards"]}  # fmt: skip
     # fork is cheapest on a CPU; a CUDA context does not survive a fork, so spawn there.
     ctx = mp.get_context("spawn" if device.type == "cuda" else "fork")
     cores = sorted(os.sched_getaffinity(0))
@@ -313,6 +349,8 @@ def capacity(
                 cores[i % len(cores)] if pin else None,
                 barrier,
                 results,
+                layout,
+                expected,
             ),
         )  # fmt: skip
         for i in range(processes)
@@ -336,6 +374,9 @@ def capacity(
         "samples_per_s": samples / wall,
         "cpu_ms_per_sample": 1e3 * cpu / samples,
         "cores_busy": cpu / wall,
+        "text_layout": layout,
+        "table_labels": len(labels),
+        "table_seconds": table_s,
         "per_process": [
             {"samples": r["count"], "seconds": r["end"] - r["start"], "cpu_s": r["cpu"]}
             for r in reports
@@ -353,7 +394,8 @@ def null_stages(
     with autocast(runner.precision, images.device):
         feats = teacher.features(images, labels)
     write_num = args.writer_num or PROBE_SAMPLES
-    write_rate = writer_only(teacher, feats, tmp / "scratch", args.codec, write_num)
+    write_rate = writer_only(teacher, feats, labels, tmp / "scratch", args.codec, write_num,
+                             args.text_layout)  # fmt: skip
     ms = {"tar_read": 1e3 / tar_rate, "decode": 1e3 / decode_rate, "writer": 1e3 / write_rate}
     print(
         "stages       " + ", ".join(f"{k} {v:.3f}" for k, v in ms.items())
@@ -373,14 +415,16 @@ def run_null(
     runs = []
     for i, n in enumerate(int(p) for p in args.processes.split(",")):
         run = capacity(teacher, paths, tmp / f"store-{i}", runner, device, n, args.threads,
-                       args.pin)  # fmt: skip
+                       args.pin, args.text_layout)  # fmt: skip
         runs.append(run)
         print(
             f"capacity     {n} process{'es' if n > 1 else '  '} {run['samples_per_s']:10.1f} "
             f"samples/s, {run['cpu_ms_per_sample']:.3f} CPU-ms/sample, {run['cores_busy']:.2f} "
             f"cores busy ({run['samples']} samples in {run['seconds']:.1f} s; load average "
             f"{run['load_avg_before'][0]:.2f} → {run['load_avg_after'][0]:.2f})"
-        )
+            + (f"; text table {run['table_labels']} labels in {run['table_seconds']:.1f} s before"
+               if args.text_layout == "table" else "")
+        )  # fmt: skip
     by_n: dict[int, list[float]] = defaultdict(list)
     for run in runs:
         by_n[run["processes"]].append(run["samples_per_s"])
@@ -431,6 +475,8 @@ def main() -> None:
     parser.add_argument("--processes", default="1,2", help="null teacher: comma list of "
                         "concurrent runner processes, one capacity run each")  # fmt: skip
     parser.add_argument("--pin", action="store_true", help="null teacher: process i on core i")
+    parser.add_argument("--text-layout", choices=["table", "ragged"], default="table",
+                        help="null teacher: text once per label (table) or per sample")  # fmt: skip
     parser.add_argument(
         "--reps",
         type=int,

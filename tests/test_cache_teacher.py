@@ -207,26 +207,26 @@ def test_store_of_other_images_with_the_same_words_is_caught(shards, tiny_teache
 
 
 @pytest.mark.parametrize("fault", ["exit", "stall"])
-def test_dead_or_stalled_decoding_worker_fails_the_shard(
-    shards, tiny_teacher, tmp_path, monkeypatch, fault
-) -> None:
+def test_dead_or_stalled_decoding_worker_fails_the_shard(shards, tiny_teacher, tmp_path, fault):
     import os
     import threading
     import time
 
+    from clipocr.cache_teacher.decode_pool import DecodePool, decode_training
     from clipocr.cache_teacher.teacher import store_spec
+    from clipocr.pipeline.shards import iter_shard_raw
     from clipocr.pipeline.teacher_store import TeacherStoreWriter
 
-    real = runner_mod._ShardImages.__getitem__
+    fourth = list(iter_shard_raw(shards / "shard-000000.tar"))[3][1]
 
-    def faulty(self, i):
-        if i == 3:
+    def faulty(data, out):  # runs in the (forked) decode worker
+        if data == fourth:
             if fault == "exit":
                 os._exit(1)  # as if the worker were killed (kill -9, OOM killer)
             time.sleep(600)
-        return real(self, i)
+        decode_training(data, out)
 
-    monkeypatch.setattr(runner_mod._ShardImages, "__getitem__", faulty)
+    pool = DecodePool(1, 2, timeout=3, decode=faulty)
     teacher = load_teacher(tiny_teacher)
     writer = TeacherStoreWriter(tmp_path / "store", store_spec(teacher, "zstd"))
     cfg = RunnerConfig(batch_size=2, workers=1, loader_timeout=3)
@@ -235,14 +235,14 @@ def test_dead_or_stalled_decoding_worker_fails_the_shard(
     def run() -> None:
         try:
             with writer.open_shard("shard-000000") as group:
-                cache_shard(teacher, group, shards / "shard-000000.tar", cfg)
+                cache_shard(teacher, group, shards / "shard-000000.tar", cfg, pool=pool)
         except Exception as err:
             outcome["error"] = err
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(60)
-    assert not thread.is_alive(), "cache_shard hung on a dead/stalled DataLoader worker"
+    assert not thread.is_alive(), "cache_shard hung on a dead/stalled decode worker"
     assert isinstance(outcome.get("error"), LoaderFailed)
     assert "shard-000000.tar: image decoding failed" in str(outcome["error"])
     assert TeacherStore(tmp_path / "store").shards() == {}
@@ -263,7 +263,8 @@ def test_a_cpu_task_leaves_the_decode_workers_their_cores(shards, tiny_teacher, 
     before = torch.get_num_threads()
     try:
         job = CacheJob(str(shards), str(tmp_path / "a"), tiny_teacher,
-                       RunnerConfig(batch_size=4, workers=1), device="cpu")  # fmt: skip
+                       RunnerConfig(batch_size=4, workers=1), device="cpu",
+                       text_layout="ragged")  # fmt: skip  (no text table to fill first)
         run_shard(job, str(shard_paths(shards)[0]))
         assert torch.get_num_threads() == 2
         job.threads = 1
@@ -271,3 +272,95 @@ def test_a_cpu_task_leaves_the_decode_workers_their_cores(shards, tiny_teacher, 
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_text_tower_runs_once_per_distinct_label(tiny_teacher, tmp_path, monkeypatch) -> None:
+    """Table layout: labels repeated across shards get one table row, computed once; shards are
+    cached through the image taps alone; a later run adds a part for its new labels only."""
+    from clipocr.cache_teacher.teacher import Teacher
+
+    words = ["ab", "cat", "ab", "x", "cat", "ab", "x", "ab", "cat", "dog", "ab", "owl"]
+    shards = make_shards(tmp_path / "data", words, shard_size=4)  # ab cat ab x | cat ab x ab | …
+    index_path = shards / "shards.json"
+    full = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({**full, "shards": full["shards"][:2]}))  # run 1: 2 shards
+    seen: list[tuple] = []  # the token rows the text tower ran on
+    real = Teacher.text_stages
+
+    def counting(self, tokens, lengths):
+        seen.extend(tuple(t) for t in tokens.tolist())
+        return real(self, tokens, lengths)
+
+    monkeypatch.setattr(Teacher, "text_stages", counting)
+    out = tmp_path / "store"
+    run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False, progress=False)
+    assert len(seen) == 3  # ab, cat, x: once each, not once per image (8)
+    index_path.write_text(json.dumps(full))  # run 2: the third shard brings "dog" and "owl"
+    seen.clear()
+    run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False, progress=False)
+    assert len(seen) == 2
+    store = TeacherStore(out)
+    assert store.manifest["text_layout"] == "table" and store.verify()["ok"]
+    parts = sorted(p.name for p in (out / "__text_table").iterdir())
+    assert parts == ["part-000000", "part-000001"]
+    teacher = load_teacher(tiny_teacher)
+    direct = teacher.table_features(["ab", "dog"], "masked")
+    stored = _arrays(out)
+    for feats in stored.values():
+        label = str(feats["text_label"])
+        if label in ("ab", "dog"):
+            row = ["ab", "dog"].index(label)
+            np.testing.assert_allclose(feats["text_s2"], direct["text_s2"][row, : len(label) + 1],
+                                       atol=2e-3, rtol=2e-3)  # fmt: skip
+    assert [str(f["text_label"]) for f in stored.values()] == words
+
+
+def test_cli_text_pad_align_stores_the_pad_features(shards, tiny_teacher, tmp_path) -> None:
+    out = tmp_path / "store"
+    result = CliRunner().invoke(app, [
+        "cache-teacher", "--shards", str(shards), "--out", str(out), "--clip-model",
+        tiny_teacher.model, "--clip-pretrained", tiny_teacher.pretrained, "--batch-size", "4",
+        "--workers", "0", "--dask-threads", "--text-pad", "align",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    store = TeacherStore(out)
+    assert store.manifest["text_pad"] == "align"
+    assert json.loads((out / "cache-config.json").read_text())["text_pad"] == "align"
+    key, feats = next(iter(store.iter_shard("shard-000000", "align")))
+    assert feats["text_s1"].shape[0] == 26
+    label = str(feats["text_label"])
+    want = load_teacher(tiny_teacher).table_features([label], "align")["text_s1"][0]
+    np.testing.assert_allclose(feats["text_s1"], want.numpy(), atol=2e-3, rtol=2e-3)
+    result = CliRunner().invoke(app, ["cache-teacher", "--shards", str(shards), "--out",
+                                      str(tmp_path / "x"), "--text-layout", "ragged",
+                                      "--text-pad", "align"])  # fmt: skip
+    assert isinstance(result.exception, InputError)
+    assert "--text-pad align needs --text-layout table" in str(result.exception)
+
+
+def test_one_decode_pool_serves_every_shard_of_a_runner(shards, tiny_teacher, tmp_path,
+                                                        monkeypatch) -> None:  # fmt: skip
+    """Decode workers start once per runner, not per shard, and give the store the in-process
+    decode's features exactly."""
+    from clipocr.cache_teacher.decode_pool import DecodePool
+
+    started: list[list[int]] = []
+    real_init = DecodePool.__init__
+
+    def counting(self, *args, **kwargs) -> None:
+        real_init(self, *args, **kwargs)
+        started.append(self.pids)
+
+    monkeypatch.setattr(DecodePool, "__init__", counting)
+    job = CacheJob(str(shards), str(tmp_path / "pool"), tiny_teacher,
+                   RunnerConfig(batch_size=4, workers=2))  # fmt: skip
+    summary = run_cache(job, dask_workers=1, processes=False, progress=False)
+    assert len(summary.done) == 3 and not summary.failed
+    assert [len(pids) for pids in started] == [2]  # one pool of two workers for three shards
+    run_cache(_job(shards, tmp_path / "inline", tiny_teacher), dask_workers=1, processes=False,
+              progress=False)  # fmt: skip
+    pooled, inline = _arrays(tmp_path / "pool"), _arrays(tmp_path / "inline")
+    assert list(pooled) == list(inline)
+    for key in pooled:
+        for tap in pooled[key]:
+            np.testing.assert_array_equal(pooled[key][tap], inline[key][tap])

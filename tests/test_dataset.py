@@ -215,3 +215,103 @@ def test_augmentation_starts_at_augment_from_epoch(data) -> None:
     assert all(torch.equal(im, images(plain, 0)[k]) for k, im in clean.items())
     reference = images(plain, 1)
     assert any(not torch.equal(im, reference[k]) for k, im in later.items())
+
+
+POSITIONS = 26  # text-table rows per label at context 27
+
+
+def table_store(shard_dir: Path, out: Path, pad: str = "masked", relabel=None) -> dict:
+    """A table-layout store for `shard_dir`: one text-table row per distinct label (random
+    features, zero past EOT when masked), image taps per sample. Returns label → table feats.
+    `relabel` maps a sample's label to the one its reference points at (to fake a bad store)."""
+    import numpy as np
+
+    from clipocr.cache_teacher.label_table import shard_labels
+    from clipocr.pipeline.shards import shard_paths
+    from clipocr.pipeline.teacher_store import StoreSpec, TeacherStoreWriter, open_table_part
+
+    spec = StoreSpec(teacher={"checksum": "fake"}, preprocessing={"image_size": [32, 128]},
+                     dims=TINY_DIMS, text_layout="table", text_pad=pad)  # fmt: skip
+    writer = TeacherStoreWriter(out, spec)
+    per_shard = {p: shard_labels(p) for p in shard_paths(shard_dir)}
+    distinct = sorted({s for labels in per_shard.values() for s in labels.values()})
+    rng = np.random.default_rng(0)
+    b, d = len(distinct), TINY_DIMS["text"]
+    feats = {f"text_s{i}": rng.standard_normal((b, POSITIONS, d)).astype(np.float32)
+             for i in (1, 2, 3)}  # fmt: skip
+    feats["text_emb"] = rng.standard_normal((b, TINY_DIMS["emb"])).astype(np.float32)
+    if pad == "masked":
+        valid = np.arange(POSITIONS)[None] < np.array([len(s) + 1 for s in distinct])[:, None]
+        for i in (1, 2, 3):
+            feats[f"text_s{i}"] *= valid[..., None]
+    with open_table_part(writer, POSITIONS, b) as part:
+        part.append(distinct, feats)
+        part.commit()
+    for path, labels in per_shard.items():
+        keys = list(labels)
+        if relabel:
+            labels = {k: relabel.get(v, v) for k, v in labels.items()}
+        shape = (len(keys), TINY_DIMS["image_tokens"], TINY_DIMS["image"])
+        img = {f"image_s{i}": rng.standard_normal(shape).astype(np.float32) for i in (1, 2, 3)}
+        with writer.open_shard(path.stem, expected=len(keys), labels=labels) as group:
+            group.append(keys, img)
+            group.commit()
+    return {s: {k: v[i] for k, v in feats.items()} for i, s in enumerate(distinct)}
+
+
+@pytest.mark.parametrize("pad", ["masked", "align"])
+def test_table_store_streams_each_samples_label_rows(data, tmp_path: Path, pad: str) -> None:
+    """A table-layout store gives the same batches as a ragged one (masked), or, cached with
+    --text-pad align, every decoder position of the label's row, all valid (the stream follows
+    the store by default)."""
+    shards, _ = data
+    table = table_store(shards, tmp_path / "store", pad)
+    store = TeacherStore(tmp_path / "store")
+    batches = _all(DistillStream(shards, CS, StreamConfig(batch_size=4, augment=False), store))
+    assert sorted(lab for b in batches for lab in b["labels"]) == sorted(WORDS)
+    for batch in batches:
+        width = batch["tgt_in"].shape[1]
+        for row, label in enumerate(batch["labels"]):
+            n = width if pad == "align" else len(label) + 1
+            assert batch["text_mask"][row].sum() == n
+            want = torch.from_numpy(table[label]["text_s2"][:n]).half()
+            assert torch.equal(batch["text_s2"][row, :n], want)
+            assert not batch["text_s2"][row, n:].any()
+            assert torch.equal(
+                batch["text_emb"][row], torch.from_numpy(table[label]["text_emb"]).half()
+            )
+    if pad == "masked":
+        with pytest.raises(InputError, match="--text-pad align"):
+            DistillStream(shards, CS, StreamConfig(batch_size=4, text_pad="align"), store)
+
+
+def test_a_reference_to_another_label_is_refused(data, tmp_path: Path) -> None:
+    shards, _ = data
+    table_store(shards, tmp_path / "store", relabel={"hello": "world"})
+    stream = DistillStream(shards, CS, StreamConfig(batch_size=4, augment=False),
+                           TeacherStore(tmp_path / "store"))  # fmt: skip
+    with pytest.raises(InputError, match="refers to text targets of 'world', its label is 'hello'"):
+        _all(stream)
+
+
+def test_a_format_1_ragged_store_still_trains(data, tmp_path: Path) -> None:
+    """Stores cached before the text table (format 1, ragged text per shard) keep working."""
+    import json
+    import shutil
+
+    shards, store_dir = data
+    old = tmp_path / "old"
+    shutil.copytree(store_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format"] = "clipocr-teacher-store/1"
+    del manifest["text_layout"], manifest["text_pad"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    new = _all(DistillStream(shards, CS, StreamConfig(batch_size=4, augment=False),
+                             TeacherStore(store_dir)))  # fmt: skip
+    got = _all(DistillStream(shards, CS, StreamConfig(batch_size=4, augment=False),
+                             TeacherStore(old)))  # fmt: skip
+    assert [b["keys"] for b in got] == [b["keys"] for b in new]
+    for a, b in zip(got, new, strict=True):
+        assert torch.equal(a["text_s1"], b["text_s1"]) and torch.equal(
+            a["text_mask"], b["text_mask"]
+        )

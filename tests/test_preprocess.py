@@ -1,5 +1,6 @@
 """Decoding: the default is PARSeq's test decode bit for bit; `draft` is training's shortcut."""
 
+import functools
 import io
 
 import numpy as np
@@ -9,7 +10,7 @@ from conftest import text_image
 from PIL import Image, ImageDraw, ImageFont
 from torchvision import transforms as T
 
-from clipocr.pipeline.preprocess import decode_image, load_uint8, normalize
+from clipocr.pipeline.preprocess import decode_image, decode_uint8, load_uint8, normalize
 
 
 def large_jpeg(size: tuple[int, int] = (1600, 400)) -> bytes:
@@ -65,3 +66,35 @@ def test_any_mode_is_converted_to_rgb_as_parseq_does(mode: str) -> None:
     data = buf.getvalue()
     assert decode_image(data).mode == "RGB"
     assert torch.equal(load_uint8(data), reference(data))
+
+
+@functools.lru_cache
+def _source(size: tuple[int, int]) -> Image.Image:
+    return Image.open(io.BytesIO(large_jpeg(size))).convert("RGB")
+
+
+def _encoded(mode: str, fmt: str, size: tuple[int, int]) -> bytes:
+    img = _source(size).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("draft", [False, True])
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("L", "PNG"), ("LA", "PNG"),
+     ("RGBA", "PNG"), ("P", "PNG"), ("1", "PNG"), ("I;16", "PNG")],
+)  # fmt: skip
+def test_decode_uint8_is_decode_then_resize_bit_for_bit(mode: str, fmt: str, draft: bool) -> None:
+    """The batch decode (grey resized as one plane, no copy of an RGB image, written into a
+    given buffer) gives the pixels of `decode_image` → `resize` → RGB array, in every mode."""
+    for size in ((300, 70), (600, 160), (128, 32), (60, 20)):  # down, JPEG draft at 1/2, =, up
+        data = _encoded(mode, fmt, size)
+        img = decode_image(data, draft=draft)
+        img = img if img.size == (128, 32) else img.resize((128, 32), Image.BICUBIC)
+        want = np.asarray(img).transpose(2, 0, 1).copy()
+        out = np.full((3, 32, 128), 7, dtype=np.uint8)
+        assert decode_uint8(data, draft=draft, out=out) is out
+        np.testing.assert_array_equal(out, want)
+        assert torch.equal(load_uint8(data, draft=draft), torch.from_numpy(want))

@@ -14,7 +14,10 @@ or `losses.py` that changes the method fails here.
   student) initialised to 1/129; AAM text: ``LN_s(W1 f)`` vs ``LN_t(F)`` on the positions
   ``c1..cL, EOS`` ↔ ``c1..cL, EOT`` (past EOS masked: this project's recorded deviation),
   decoder stage i ↔ text stage 4 − i; GAM: ``Linear(ReLU(LN(Linear(f_cls))))`` vs ``F_emb``;
-- every term has weight 1.
+- every term has weight 1;
+- the official code's pad alignment (clipocr's ``--text-pad align``): AAM text on *every*
+  decoder position ``0..W−1`` of every sample (W = the batch's longest label + 1), the teacher's
+  rows there being CLIP's text tower at those positions (pad-token features past EOT).
 """
 
 from __future__ import annotations
@@ -68,6 +71,16 @@ def aam_text_rows(
     """Positions 0..L (c1..cL then EOS/EOT) of each sample, samples in batch order."""
     s = torch.cat([linear(f[b, : n + 1], head.W1) for b, n in enumerate(lengths)])
     t = torch.cat([F[b, : n + 1] for b, n in enumerate(lengths)])
+    return layer_norm(s, head.ln_s), layer_norm(t, head.ln_t)
+
+
+def aam_text_rows_aligned(
+    head, f: torch.Tensor, F: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every position 0..W−1 of every sample, samples in batch order (the official code)."""
+    width = f.shape[1]
+    s = torch.cat([linear(f[b], head.W1) for b in range(f.shape[0])])
+    t = torch.cat([F[b, :width] for b in range(F.shape[0])])
     return layer_norm(s, head.ln_s), layer_norm(t, head.ln_t)
 
 
@@ -178,3 +191,41 @@ def test_lcl_reference_against_losses_directly() -> None:
         extra = torch.randn(m, d, generator=g) if m else None
         got = losses.lcl(f, F, extra_negatives=extra)[0]
         torch.testing.assert_close(got, lcl(f, F, extra), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("labels", "dims", "dec_depth"), CASES)
+def test_text_pad_align_matches_the_official_alignment(labels, dims, dec_depth) -> None:
+    """clipocr's align mode — the stream's collation of a ``--text-pad align`` store's rows,
+    then the heads — equals the official code's every-position alignment to 1e-6."""
+    from clipocr.pipeline.charset import Charset
+    from clipocr.train_student.dataset import collate
+
+    heads, out, _, _ = random_case(labels, dims, dec_depth, seed=len(labels) + 7)
+    g = torch.Generator().manual_seed(1)
+    positions = 26  # the text table keeps every position of the tower at context 27
+    samples = []
+    for label in labels:
+        feats = {f"text_s{i}": torch.randn(positions, dims["text"], generator=g).numpy() * 2
+                 for i in (1, 2, 3)}  # fmt: skip
+        feats |= {f"image_s{i}": torch.randn(dims["image_tokens"], dims["image"]).numpy()
+                  for i in (1, 2, 3)}  # fmt: skip
+        feats["text_emb"] = torch.randn(dims["emb"]).numpy()
+        samples.append({"label": label, "key": label, "image": torch.zeros(3, 32, 128),
+                        "feats": feats})  # fmt: skip
+    batch = collate(samples, Charset.from_name("36"), text_pad="align")
+    width = batch["tgt_in"].shape[1]
+    assert batch["text_mask"].all() and batch["text_s1"].shape[1] == width
+    targets = {k: batch[k].float() if k != "text_mask" else batch[k] for k in
+               ("image_s1", "image_s2", "image_s3", "text_s1", "text_s2", "text_s3", "text_emb",
+                "text_mask")}  # fmt: skip
+    got = heads(out, targets)
+    step = len(out.dec_stages) // 4
+    for i in (1, 2, 3):
+        teacher = torch.stack([torch.from_numpy(s["feats"][f"text_s{4 - i}"]) for s in samples])
+        teacher = teacher.half().float()  # as stored and collated (float16)
+        s, t = aam_text_rows_aligned(heads.text[i - 1], out.dec_stages[i * step - 1], teacher)
+        torch.testing.assert_close(got[f"aam_txt{i}"], lcl(s, t), rtol=1e-6, atol=1e-6)
+    masked = heads(out, targets | {"text_mask": torch.arange(width)[None] < torch.tensor(
+        [len(w) + 1 for w in labels])[:, None]})  # fmt: skip
+    if len({len(w) for w in labels}) > 1:  # mixed lengths: the two modes differ
+        assert not torch.isclose(masked["aam_txt1"], got["aam_txt1"])

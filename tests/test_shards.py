@@ -1,4 +1,5 @@
 import errno
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -221,3 +222,73 @@ def test_disk_full_while_writing_the_index(tmp_path: Path, monkeypatch, small_lm
     monkeypatch.undo()
     index = prepare_shards([small_lmdb], out, CS, shard_size=4, progress=False)
     assert index.num_samples == 8 and len(list(out.iterdir())) == 3
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]], fmt: int = tarfile.USTAR_FORMAT) -> Path:
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size = len(data)
+            info.mtime = 1.5 if fmt == tarfile.PAX_FORMAT else 0  # a float mtime → pax header
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+def _wds(path: Path) -> list[tuple[str, bytes, str]]:
+    """What webdataset reads from `path` (the reference the stream reader must match)."""
+    dataset = wds.WebDataset(
+        str(path), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
+    )
+    return [(s["__key__"], s.get("jpg") or s.get("png"), s["txt"].decode()) for s in dataset]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_stream_reader_reads_what_webdataset_reads(tmp_path: Path, fmt: int) -> None:
+    """Plain ustar (as `prepare` writes), pax headers and GNU long names (other writers), long
+    keys, directories and metadata members: the same samples as webdataset, in order."""
+    jpeg = text_image("two", fmt="JPEG")
+    deep = "d" * 90 + "/" + "k" * 80  # over ustar's 100-character name field
+    members = [("dir/", b""), ("__meta__", b"x"), ("s/000000.png", text_image("one")),
+               ("s/000000.txt", b"one"), ("s/000001.JPG", jpeg), ("s/000001.txt", b"two"),
+               (f"{deep}.png", text_image("three")), (f"{deep}.txt", "thrée".encode())]  # fmt: skip
+    if fmt == tarfile.USTAR_FORMAT:
+        members = [(n.replace(deep, "s/000002"), d) for n, d in members]
+    path = _tar(tmp_path / "s.tar", members, fmt)
+    got = list(iter_shard_raw(path))
+    assert got == _wds(path) and [lab for _, _, lab in got] == ["one", "two", "thrée"]
+    assert got[1] == ("s/000001", jpeg, "two")
+
+
+def test_stream_reader_refuses_damaged_tars_with_one_line(tmp_path: Path) -> None:
+    whole = _tar(tmp_path / "s.tar", [("a/0.png", text_image("one") * 3), ("a/0.txt", b"one")])
+    data = whole.read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[:700])
+    with pytest.raises(InputError, match=r"cut.tar: truncated at byte 0 \(member holds 188 of"):
+        list(iter_shard_raw(tmp_path / "cut.tar"))
+    (tmp_path / "junk.tar").write_bytes(b"not a tar" * 100)
+    with pytest.raises(InputError, match="junk.tar: not a valid tar at byte 0"):
+        list(iter_shard_raw(tmp_path / "junk.tar"))
+    flipped = bytearray(data)
+    flipped[512 * ((len(text_image("one") * 3) + 511) // 512 + 1) + 3] ^= 0xFF  # 2nd header
+    (tmp_path / "flip.tar").write_bytes(bytes(flipped))
+    with pytest.raises(InputError, match="flip.tar: not a valid tar at byte .*checksum"):
+        list(iter_shard_raw(tmp_path / "flip.tar"))
+    unlabelled = _tar(tmp_path / "nolabel.tar", [("a/0.png", text_image("one"))])
+    with pytest.raises(InputError, match="sample a/0 has no label"):
+        list(iter_shard_raw(unlabelled))
+
+
+def test_stream_reader_yields_samples_before_reading_the_rest(tmp_path: Path) -> None:
+    """Streaming: samples come out as the tar is read, so a shard cut short yields its first
+    samples before the error (a reader that takes the whole file first would yield none)."""
+    db = write_lmdb(tmp_path / "db", [(text_image(w), w) for w in _words(50)])
+    prepare_shards([db], tmp_path / "shards", CS, shard_size=50, progress=False)
+    data = (tmp_path / "shards" / "shard-000000.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
+    samples = iter_shard_raw(tmp_path / "cut.tar")
+    assert [next(samples)[2] for _ in range(3)] == ["w0", "w1", "w2"]
+    with pytest.raises(InputError, match="cut.tar: (truncated|not a valid tar)"):
+        list(samples)

@@ -136,9 +136,9 @@ def test_deleted_chunk_is_an_error_not_zeros(tmp_path: Path, array: str) -> None
 
 
 def test_store_without_checksums_stays_readable(tmp_path: Path, monkeypatch) -> None:
-    from clipocr.pipeline.teacher_store import writer
+    from clipocr.pipeline.teacher_store import group_writer
 
-    monkeypatch.setattr(writer, "checksummed", lambda *comp: comp)  # as older versions wrote
+    monkeypatch.setattr(group_writer, "checksummed", lambda *comp: comp)  # as older versions wrote
     root = tmp_path / "s"
     batches = write_shard(root, spec(), [6])
     store = TeacherStore(root)

@@ -23,9 +23,36 @@ def test_writer_streams_whole_chunks(tmp_path: Path) -> None:
     with writer.open_shard(SHARD) as group:
         group.append(*batch(rng, 0, 10))
         # two full chunks are on storage already; the rest waits in a buffer < one chunk
-        assert group.group["image_s1"].shape[0] == 8
-        assert group.group["keys"].shape[0] == 0  # one chunk holds a whole shard's keys
+        assert group.group["image_s1"].nchunks_initialized == 2
+        assert group.group["keys"].nchunks_initialized == 0  # one chunk holds a shard's keys
         group.commit()
+
+
+@pytest.mark.parametrize("n", [7, 12, 30])
+def test_arrays_are_allocated_once_for_the_expected_count(tmp_path: Path, n: int) -> None:
+    """Arrays start at the count the caller expects (no resize per chunk: each is a metadata
+    rewrite) and are trimmed once at commit when fewer came, grown when more did."""
+    rng = np.random.default_rng(0)
+    writer = TeacherStoreWriter(tmp_path / "s", spec(), chunk_samples=4)
+    resizes = []
+    with writer.open_shard(SHARD, expected=12) as group:
+        assert group.group["image_s1"].shape[0] == 12 and group.group["keys"].shape[0] == 12
+        for app in group._app.values():
+            real = app.array.resize
+            app.array.resize = lambda shape, real=real, name=app.array.name: (
+                resizes.append(name), real(shape))  # fmt: skip
+        batches = [batch(rng, start, min(5, n - start)) for start in range(0, n, 5)]
+        for keys, feats in batches:
+            group.append(keys, feats)
+        assert not any("image" in r for r in resizes) or n > 12
+        group.commit()
+    per_array = {r: resizes.count(r) for r in set(resizes)}
+    assert all(v <= 1 for k, v in per_array.items() if "image" in k and n <= 12), per_array
+    got = list(TeacherStore(tmp_path / "s").iter_shard(SHARD))
+    assert [k for k, _ in got] == [k for k, _ in expected_samples(batches)]
+    for (_, have), (_, want) in zip(got, expected_samples(batches), strict=True):
+        for tap, x in want.items():
+            np.testing.assert_array_equal(have[tap], x.astype(np.float16).astype(np.float32))
 
 
 def test_interrupted_writer_leaves_no_visible_group(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from clipocr.cache_teacher.char_tokenizer import BpeChars, CharVocab, tokenizer_from_spec
 from clipocr.cache_teacher.teacher import (
+    ImageTaps,
     Teacher,
     TeacherConfig,
     adapt_pos_embed,
@@ -211,6 +212,38 @@ def test_text_taps_and_embedding_equal_manual_forward_at_77(teacher):
             n = len(label) + 1  # c1..cL, EOT (SOT dropped)
             torch.testing.assert_close(tap[row, :n], outs[i][row, 1 : n + 1], rtol=1e-5, atol=1e-5)
             assert (tap[row, n:] == 0).all()
+
+
+def test_table_features_keep_every_position_as_the_official_code_computes_them(teacher):
+    """Text-table rows: c1..cL, EOT equal `features`' rows; ``align`` keeps the pad positions as
+    the official code computes them — the tower at the batch's width on ``SOT, c1..cL, EOT,
+    pad…``, SOT dropped (causal: the full context gives the same rows) — ``masked`` zeroes them.
+    `ImageTaps` (how table-layout shards are cached) gives the image taps alone."""
+    x = images(len(LABELS))
+    feats = teacher.features(x, LABELS)
+    masked = teacher.table_features(LABELS, "masked")
+    align = teacher.table_features(LABELS, "align")
+    assert masked["text_s1"].shape == (len(LABELS), teacher.text_positions, 32)
+    width = max(len(s) for s in LABELS) + 1
+    lengths = torch.tensor([len(s) for s in LABELS])
+    taps, _ = teacher.text_stages(teacher.tokenizer.encode(LABELS, width + 1), lengths)
+    official = to_storage_form({f"text_s{i}": t[:, 1:] for i, t in enumerate(taps, 1)},
+                               teacher.cfg.form)  # fmt: skip
+    for tap in ("text_s1", "text_s2", "text_s3"):
+        torch.testing.assert_close(align[tap][:, :width], official[tap], rtol=1e-5, atol=1e-5)
+        for row, label in enumerate(LABELS):
+            n = len(label) + 1
+            torch.testing.assert_close(masked[tap][row, :n], feats[tap][row, :n])
+            torch.testing.assert_close(align[tap][row, :n], feats[tap][row, :n])
+            assert (masked[tap][row, n:] == 0).all()
+            assert (align[tap][row, n:] != 0).any() or n == teacher.text_positions
+    torch.testing.assert_close(align["text_emb"], feats["text_emb"])
+    with pytest.raises(ValueError, match="text_pad"):
+        teacher.table_features(LABELS, "pad")
+    image_only = ImageTaps(teacher).features(x, LABELS)
+    assert sorted(image_only) == ["image_s1", "image_s2", "image_s3"]
+    torch.testing.assert_close(image_only["image_s2"], feats["image_s2"])
+    assert next(ImageTaps(teacher).parameters()).device == next(teacher.parameters()).device
 
 
 def test_context_27_equals_context_77(tiny):

@@ -37,6 +37,7 @@ def test_flags_override_the_file_which_overrides_defaults(tmp_path: Path) -> Non
         ({"workers": -1}, "workers must be >= 0"),
         ({"heads": [1]}, "heads must be an object"),
         ({"val": "a.lmdb"}, "val = 'a.lmdb' is not a valid"),
+        ({"augment_on": "gpu"}, "augment_on must be host or device, got 'gpu'"),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path: Path, values: dict, message: str) -> None:

@@ -498,3 +498,84 @@ def test_param_groups_put_the_whole_decoder_side_in_the_second_group() -> None:
     assert "pos_queries" in dec_names and "head.weight" in dec_names
     assert not any(n.startswith(("encoder", "ctc_head")) for n in dec_names)
     assert len(rest["params"]) + len(dec["params"]) == len(list(student.parameters()))
+
+
+def test_disk_full_in_train_closes_the_bar_and_prints_one_line(data, tmp_path, monkeypatch,
+                                                              capsys) -> None:  # fmt: skip
+    """`clipocr train` on a full disk: the progress bar's line is finished first, then a single
+    ``error: …`` line of its own (not glued to the bar), exit 2, no traceback."""
+    from conftest import run_console
+
+    from clipocr.commands.app import main
+
+    shards, store = data
+    _disk_fills_at(monkeypatch, calls=1)
+    rc, _, err = run_console(main, "clipocr", capsys, monkeypatch, "train", "--shards", shards,
+                             "--teacher-store", store, "--out", tmp_path / "r", "--preset", "test",
+                             "--batch-size", 8, "--max-steps", 2, "--ckpt-every", 1, "--workers",
+                             0, "--threads", 1, "--device", "cpu")  # fmt: skip
+    assert rc == 2 and "Traceback" not in err, err
+    assert "train:" in err  # the bar was drawn (so this checks that it was closed)
+    before, line = err.rsplit("error: ", 1)
+    assert before.endswith("\n"), err  # the bar's line ended before the error began
+    assert line.startswith(f"{tmp_path / 'r'}: disk full while training") and line.count("\n") == 1
+
+
+def test_device_augmentation_trains_and_resumes_exactly(data, tmp_path: Path) -> None:
+    """``augment_on="device"``: the stream yields clean images and the trainer augments the
+    batch where it trains (here the CPU) before normalising, from a seed of (seed, epoch,
+    batch), so a resumed run replays the same pixels; `augment_from_epoch` holds it back."""
+    trainer = Trainer(_cfg(data, tmp_path / "probe", max_steps=3, augment_on="device"))
+    assert trainer.stream.cfg.augment is False and trainer.device_augment is not None
+    batch = next(iter(trainer.stream))
+    clean = normalize(batch["images"])
+    moved = trainer._to_device(batch)["images"]
+    changed = (moved != clean).flatten(1).any(1)
+    assert changed.sum() >= len(changed) // 2  # 7 in 8 images draw at least one op
+    assert torch.equal(trainer._to_device(batch)["images"], moved)
+    later = Trainer(_cfg(data, tmp_path / "later", max_steps=3, augment_on="device",
+                         augment_from_epoch=1))  # fmt: skip
+    assert torch.equal(later._to_device(batch)["images"], clean)  # epoch 0: clean
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    for run in (full, cut):
+        Trainer(_cfg(data, run, max_steps=4, ckpt_every=2, augment_on="device")).run()
+    shutil.rmtree(checkpoint_dirs(cut)[-1])
+    (cut / "student.safetensors").unlink()
+    lines = (cut / "history.jsonl").read_text().splitlines()[:2]
+    (cut / "history.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="different settings: augment_on"):
+        Trainer(_cfg(data, cut, max_steps=4, ckpt_every=2), resume=True)
+    Trainer(_cfg(data, cut, max_steps=4, ckpt_every=2, augment_on="device"), resume=True).run()
+    a, b = _history(full), _history(cut)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert json.loads((full / "config.json").read_text())["augment_on"] == "device"
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6)
+
+
+def test_a_killed_dataloader_worker_is_one_line_and_resume_goes_on(data, tmp_path, monkeypatch):
+    """torch raises "DataLoader worker (pid N) is killed by signal" from its SIGCHLD handler,
+    anywhere in the step: the run stops with one line (exit 1), its checkpoints kept."""
+    from torch.utils.data import get_worker_info
+
+    from clipocr.pipeline.errors import RunInterrupted
+    from clipocr.train_student.dataset import DistillStream
+
+    real = DistillStream.__iter__
+
+    def dies_in_the_worker(self):
+        for i, batch in enumerate(real(self)):
+            if (self.epoch, i) == (1, 1) and get_worker_info() is not None:  # 2 batches an epoch
+                os.kill(os.getpid(), signal.SIGKILL)  # as kill -9 or the OOM killer would
+            yield batch
+
+    monkeypatch.setattr(DistillStream, "__iter__", dies_in_the_worker)
+    run = tmp_path / "r"
+    with pytest.raises(RunInterrupted, match="DataLoader worker") as err:
+        Trainer(_cfg(data, run, max_steps=6, ckpt_every=1, workers=1)).run()
+    assert str(err.value).startswith(f"{run}: ") and "\n" not in str(err.value)
+    assert str(err.value).endswith("finished checkpoints are kept: rerun with --resume")
+    monkeypatch.undo()
+    Trainer(_cfg(data, run, max_steps=6, ckpt_every=1, workers=1), resume=True).run()
+    assert [r["step"] for r in _history(run)] == [1, 2, 3, 4, 5, 6]

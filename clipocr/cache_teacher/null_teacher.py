@@ -19,8 +19,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clipocr.cache_teacher.teacher import Teacher, TeacherConfig, load_teacher, to_storage_form
-from clipocr.pipeline.preprocess import IMG_H, IMG_W
+from clipocr.cache_teacher.teacher import (
+    Teacher,
+    TeacherConfig,
+    check_batch,
+    load_teacher,
+    to_storage_form,
+)
 
 NULL_MARK = "null-teacher"
 
@@ -71,15 +76,20 @@ class NullTeacher(Teacher):
             return torch.get_autocast_dtype(device.type)
         return torch.float32
 
-    def _raw(self, b: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-        """Seeded raw taps for `b` samples: image ``(b, N, D)``, text ``(b, ctx, D)``, emb."""
+    def _raw(
+        self, b: int, dtype: torch.dtype, device: torch.device, image: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Seeded raw taps for `b` samples: image ``(b, N, D)`` (unless not `image`: the text
+        table needs none), text ``(b, ctx, D)``, emb."""
         gen = torch.Generator().manual_seed(self.seed)
         d = self._dims
 
         def noise(*shape: int) -> torch.Tensor:
             return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
 
-        raw = {f"image_s{i}": noise(b, d["image_tokens"], d["image"]) for i in (1, 2, 3)}
+        raw = {}
+        if image:
+            raw |= {f"image_s{i}": noise(b, d["image_tokens"], d["image"]) for i in (1, 2, 3)}
         raw |= {f"text_s{i}": noise(b, self.context_length, d["text"]) for i in (1, 2, 3)}
         raw["text_emb"] = noise(b, d["emb"])
         return raw
@@ -104,23 +114,26 @@ class NullTeacher(Teacher):
         self, tokens: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Fixed raw text taps ``(B, ctx, D)`` and embedding ``(B, E)``."""
-        raw = self._raw(tokens.shape[0], self._compute_dtype(tokens.device), tokens.device)
+        raw = self._raw(tokens.shape[0], self._compute_dtype(tokens.device), tokens.device, False)
         width = tokens.shape[1]
         return [raw[f"text_s{i}"][:, :width] for i in (1, 2, 3)], raw["text_emb"]
 
     @torch.inference_mode()
-    def features(self, images: torch.Tensor, labels: list[str]) -> dict[str, torch.Tensor]:
-        """`Teacher.features`' keys, shapes and dtypes, from the fixed features (no towers)."""
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, IMG_H, IMG_W):
-            raise ValueError(f"expected uint8 (B, 3, {IMG_H}, {IMG_W}) images, got {images.shape}")
-        if len(labels) != images.shape[0]:
-            raise ValueError(f"{len(labels)} labels for {images.shape[0]} images")
+    def features(
+        self, images: torch.Tensor, labels: list[str], text: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """`Teacher.features`' keys, shapes and dtypes, from the fixed features (no towers).
+
+        (`Teacher.table_features` works unchanged: it runs this class's `text_stages`.)"""
+        check_batch(images, labels)
         b, device = images.shape[0], images.device
         pool = self._features_for(b, device)
+        out = {f"image_s{i}": pool[f"image_s{i}"][:b] for i in (1, 2, 3)}
+        if not text:
+            return out
         lengths = torch.tensor([len(s) for s in labels], dtype=torch.long, device=device)
         width = max(len(s) for s in labels) + 1
         keep = torch.arange(width, device=device)[None, :] < (lengths + 1)[:, None]
-        out = {f"image_s{i}": pool[f"image_s{i}"][:b] for i in (1, 2, 3)}
         for i in (1, 2, 3):
             tap = pool[f"text_s{i}"][:b, :width]
             out[f"text_s{i}"] = torch.where(keep[..., None], tap, 0.0)

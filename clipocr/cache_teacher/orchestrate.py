@@ -7,6 +7,12 @@ retries a failed task, and shards that still fail are reported, never silently d
 disk is not retried (it would fail again): the task returns `DiskFull`, the run stops with one
 line naming the store, and the finished shards are kept for the rerun.
 
+In the ``table`` text layout (the default) the text tower runs once per distinct label: before
+the shard tasks, the driver collects the shards' labels and one task writes the labels the
+store's text table lacks as a new table part (`label_table`); shard tasks then cache the image
+taps only (`ImageTaps`) and give each sample a reference into the table. Each shard's writer is
+told the shard's sample count from ``shards.json``, so it allocates its arrays once.
+
 By default a `LocalCluster` with one worker per visible GPU (or one CPU worker); `--scheduler
 tcp://…` spreads the shards over every worker of a running cluster, on as many GPU nodes as it has.
 """
@@ -23,11 +29,18 @@ import torch
 from distributed import Client, LocalCluster, as_completed, get_worker
 from tqdm import tqdm
 
+from clipocr.cache_teacher.label_table import distinct_labels, shard_labels, write_text_table
 from clipocr.cache_teacher.runner import RunnerConfig, cache_shard
-from clipocr.cache_teacher.teacher import Teacher, TeacherConfig, load_teacher, store_spec
+from clipocr.cache_teacher.teacher import (
+    ImageTaps,
+    Teacher,
+    TeacherConfig,
+    load_teacher,
+    store_spec,
+)
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.shards import DISK_FULL, load_index, shard_paths
-from clipocr.pipeline.teacher_store import TeacherStoreWriter, shard_group_name
+from clipocr.pipeline.teacher_store import StoreSpec, TeacherStoreWriter, shard_group_name
 from clipocr.pipeline.threads import cpu_threads
 
 log = logging.getLogger(__name__)
@@ -45,6 +58,12 @@ class CacheJob:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     device: str = "auto"  # auto = the worker's GPU if any, else CPU
     threads: int | None = None  # torch threads of a CPU task (None: cores minus decode workers)
+    text_layout: str = "table"  # text once per distinct label ("table") or per sample ("ragged")
+    text_pad: str = "masked"  # "align": keep CLIP's pad-token features (the official code's way)
+
+    def spec(self, teacher: Teacher) -> StoreSpec:
+        """The store spec this job writes with `teacher`."""
+        return store_spec(teacher, self.runner.codec, self.text_layout, self.text_pad)
 
 
 def _worker_device(requested: str) -> torch.device:
@@ -73,23 +92,58 @@ class DiskFull:
     reason: str  # the OS's words (strerror)
 
 
-def run_shard(job: CacheJob, shard: str) -> dict | DiskFull:
-    """One dask task: cache `shard` (a path) into the store unless it is already complete."""
+@dataclass(frozen=True)
+class BadShard:
+    """A shard task's result when the shard itself is bad (truncated, corrupt): returned, not
+    raised, as `DiskFull` is (a retry would read the same bytes); the other shards go on."""
+
+    shard: str  # shard file name
+    reason: str  # the InputError's one line
+
+
+def _task_teacher(job: CacheJob) -> Teacher:
     device = _worker_device(job.device)
     if device.type == "cpu":  # leave the decode workers their cores (see pipeline.threads)
         torch.set_num_threads(cpu_threads(job.runner.workers, job.threads).intra_op)
-    teacher = _cached_teacher(job.teacher, str(device))
-    writer = TeacherStoreWriter(job.out, store_spec(teacher, job.runner.codec))
+    return _cached_teacher(job.teacher, str(device))
+
+
+def run_text_table(job: CacheJob, labels: list[str]) -> int:
+    """One dask task: the text tower on `labels` into a new part of the store's text table."""
+    teacher = _task_teacher(job)
+    writer = TeacherStoreWriter(job.out, job.spec(teacher))
+    return write_text_table(teacher, writer, labels, job.runner.precision)
+
+
+def run_shard(job: CacheJob, shard: str, expected: int | None = None) -> dict | DiskFull | BadShard:
+    """One dask task: cache `shard` (a path) into the store unless it is already complete;
+    `expected` = its sample count in ``shards.json``."""
+    teacher = _task_teacher(job)
+    writer = TeacherStoreWriter(job.out, job.spec(teacher))
     name = shard_group_name(shard)
     if writer.is_complete(name):
         return {"shard": Path(shard).name, "count": None, "missing": [], "skipped": True}
     try:
-        with writer.open_shard(name) as group:  # an unfinished group is removed on the way out
-            return cache_shard(teacher, group, Path(shard), job.runner)
+        labels = shard_labels(shard) if job.text_layout == "table" else None
+        runs = ImageTaps(teacher) if labels is not None else teacher
+        # an unfinished group is removed on the way out
+        with writer.open_shard(name, expected=expected, labels=labels) as group:
+            return cache_shard(runs, group, Path(shard), job.runner)
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
         return DiskFull(Path(shard).name, err.strerror or str(err))
+    except InputError as err:
+        if writer.is_complete(name):  # another run published it meanwhile
+            return {"shard": Path(shard).name, "count": None, "missing": [], "skipped": True}
+        return BadShard(Path(shard).name, str(err))
+
+
+def _cancel_unstarted(client: Client, futures: list) -> None:
+    """Cancel the tasks no worker has taken yet; those running finish (commit or clean up their
+    group), so no writer is cut off mid-shard when the driver stops."""
+    running = {key for keys in client.processing().values() for key in keys}
+    client.cancel([f for f in futures if not f.done() and f.key not in running])
 
 
 def _client(scheduler: str | None, workers: int | None, processes: bool) -> Client:
@@ -124,6 +178,43 @@ class CacheResult:
         return sum(len(r["missing"]) for r in self.done)
 
 
+def _labels_of(shard: str) -> set[str] | BadShard:
+    """One dask task: a shard's distinct labels (a bad shard is a result, as in `run_shard`)."""
+    try:
+        return distinct_labels(shard)
+    except InputError as err:
+        return BadShard(Path(shard).name, str(err))
+
+
+def _fill_text_table(
+    client: Client,
+    job: CacheJob,
+    writer: TeacherStoreWriter,
+    pending: list[str],
+    summary: CacheResult,
+) -> bool:
+    """Give the store's text table every label of the `pending` shards before they are cached
+    (one new part for the labels it lacks); False, with the failure in `summary`, if that failed.
+    """
+    per_shard = client.gather(client.map(_labels_of, pending, pure=False))
+    for bad in [labels for labels in per_shard if isinstance(labels, BadShard)]:
+        summary.failed[bad.shard] = bad.reason  # its shard task fails alike (reported once)
+        per_shard.remove(bad)
+    have = writer.text_index(refresh=True)
+    new = sorted(set().union(*per_shard) - set(have))
+    if not new:
+        return True
+    future = client.submit(run_text_table, job, new, pure=False)
+    try:
+        part = future.result()
+    except Exception as err:
+        summary.failed["text table"] = f"{type(err).__name__}: {err}"
+        log.error("text table: failed: %s", err)
+        return False
+    log.info("text table: %d new labels in part %d", len(new), part)
+    return True
+
+
 def run_cache(
     job: CacheJob,
     scheduler: str | None = None,
@@ -143,26 +234,33 @@ def run_cache(
         )
     # The driver creates (or checks) the manifest before any worker starts.
     driver_teacher = load_teacher(job.teacher, "cpu")
-    writer = TeacherStoreWriter(job.out, store_spec(driver_teacher, job.runner.codec))
+    writer = TeacherStoreWriter(job.out, job.spec(driver_teacher))
     del driver_teacher
     counts = {shard_group_name(s["name"]): int(s["count"]) for s in index["shards"]}
     pending = [str(p) for p in paths if not writer.is_complete(shard_group_name(p))]
     summary = CacheResult(shards=len(paths), already_done=len(paths) - len(pending))
     if not pending:
         return summary
-    bar = tqdm(
-        total=sum(counts[shard_group_name(p)] for p in pending),
-        desc="cache-teacher",
-        unit="img",
-        disable=not progress,
-    )
     with _client(scheduler, dask_workers, processes) as client:
-        futures = client.map(run_shard, [job] * len(pending), pending, retries=retries, pure=False)
+        bar = tqdm(  # once connected: an unreachable scheduler's error gets a line of its own
+            total=sum(counts[shard_group_name(p)] for p in pending),
+            desc="cache-teacher",
+            unit="img",
+            disable=not progress,
+        )
+        table = job.text_layout == "table"
+        if table and not _fill_text_table(client, job, writer, pending, summary):
+            bar.close()
+            return summary
+        expected = [counts[shard_group_name(p)] for p in pending]
+        futures = client.map(
+            run_shard, [job] * len(pending), pending, expected, retries=retries, pure=False
+        )
         shard_of = {f.key: p for f, p in zip(futures, pending)}
         full: DiskFull | None = None
         for future in as_completed(futures):
             shard = shard_of[future.key]
-            if future.cancelled():  # after a full disk: not started, or its result dropped
+            if future.cancelled():  # not started when the disk filled
                 continue
             if future.status == "error":
                 err = future.exception()
@@ -170,7 +268,9 @@ def run_cache(
                 log.error("%s: failed after %d retries: %s", shard, retries, err)
             elif isinstance(result := future.result(), DiskFull):
                 full = full or result
-                client.cancel([f for f in futures if not f.done()])  # they would fail alike
+                _cancel_unstarted(client, futures)  # they would fail alike
+            elif isinstance(result, BadShard):
+                summary.failed[result.shard] = result.reason
             else:
                 summary.done.append(result)
             bar.update(counts[shard_group_name(shard)])

@@ -69,6 +69,10 @@ class PretrainConfig:
             raise InputError("teacher-pretrain: --data and --out are required")
         if self.steps is None and self.minutes is None:
             raise InputError("give --steps or --minutes (the training budget)")
+        if self.steps is not None and self.steps < 1:  # 0 wrote an untrained "teacher"
+            raise InputError(f"--steps {self.steps}: must be at least 1")
+        if self.minutes is not None and not self.minutes > 0:
+            raise InputError(f"--minutes {self.minutes}: must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,14 +1,15 @@
-"""Cache one shard: decode in DataLoader workers, run the teacher, write features behind compute.
+"""Cache one shard: decode in a persistent worker pool, run the teacher, write behind compute.
 
-A shard is small enough (a few thousand encoded images, ~10–50 MB) to read from its tar in one
-pass; decoding then runs in DataLoader workers over a map-style view that keeps the shard's order.
-Each batch goes to the GPU with a non-blocking copy from pinned memory, through the teacher under
-`inference_mode` and autocast, and its features are handed to a writer thread, so Zarr encoding
-and disk writes overlap the next batch's forward pass.
+Decoding runs in a `DecodePool` kept for all the shards a runner thread caches (a dask worker
+caches many): the tar is streamed, batch by batch, to worker processes that decode into shared
+memory, in shard order (see `decode_pool`). Each batch goes to the GPU with a non-blocking copy
+from pinned memory, through the teacher under `inference_mode` and autocast, and its features
+are handed to a writer thread, so Zarr encoding and disk writes overlap the next batch's forward
+pass.
 
 A decoding worker that dies (killed, out of memory) or stalls must fail the task, not hang it:
-the DataLoader waits at most `RunnerConfig.loader_timeout` seconds for a batch, and any error
-from the loader is re-raised naming the shard (`LoaderFailed`), so dask retries the shard and
+the runner waits at most `RunnerConfig.loader_timeout` seconds for a batch, and a lost worker
+fails the shard with `LoaderFailed` naming it, so dask retries the shard (on a fresh pool) and
 reports it if it keeps failing. The group records the source shard's digest
 (`teacher_store.shard_digest`) so a store can later be checked against the shards it is used with.
 """
@@ -20,17 +21,17 @@ import multiprocessing
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from clipocr.cache_teacher.decode_pool import DecodePool, shared_pool
+from clipocr.cache_teacher.decode_pool import LoaderFailed as LoaderFailed
 from clipocr.cache_teacher.teacher import Teacher
-from clipocr.pipeline.precision import autocast
-from clipocr.pipeline.preprocess import load_uint8
-from clipocr.pipeline.shards import iter_shard_raw
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.precision import PRECISIONS, autocast
 from clipocr.pipeline.teacher_store import ShardGroupWriter, parse_codec, shard_digest
 
 log = logging.getLogger(__name__)
@@ -42,41 +43,22 @@ class RunnerConfig:
     workers: int = 4
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU; or bf16 | fp16 | fp32
     codec: str = "zstd"
-    # Seconds to wait for one batch from the decoding workers before failing the shard (a batch
+    # Seconds to wait for one batch from a decoding worker before failing the shard (a batch
     # of 256 small JPEGs decodes in well under a second per worker).
     loader_timeout: float = 120.0
 
-
-class LoaderFailed(RuntimeError):
-    """The image-decoding workers of one shard died or stalled (the task fails; dask retries)."""
-
-
-class _ShardImages(Dataset):
-    """Map-style view of one shard's raw samples; decoding happens in `__getitem__` (workers)."""
-
-    def __init__(self, path: Path) -> None:
-        self.samples = list(iter_shard_raw(path))
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[str, torch.Tensor | None, str]:
-        key, data, label = self.samples[i]
-        try:
-            return key, load_uint8(data, draft=True), label
-        except Exception as err:
-            log.warning("sample %s: undecodable image (%s); recorded as missing", key, err)
-            return key, None, label
-
-
-def _collate(items: list[tuple[str, torch.Tensor | None, str]]) -> dict:
-    good = [it for it in items if it[1] is not None]
-    return {
-        "keys": [k for k, _, _ in good],
-        "images": torch.stack([im for _, im, _ in good]) if good else None,
-        "labels": [lab for _, _, lab in good],
-        "missing": [k for k, im, _ in items if im is None],
-    }
+    def __post_init__(self) -> None:
+        """Refuse bad values here, in the driver: inside the shard tasks they would fail every
+        shard, each with dask's traceback and retries."""
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.workers < 0:
+            raise InputError(f"--workers {self.workers}: must be 0 or more")
+        if self.precision not in PRECISIONS:
+            choices = ", ".join(PRECISIONS)
+            raise InputError(f"--precision {self.precision}: expected one of {choices}")
+        if not self.loader_timeout > 0:
+            raise InputError(f"loader_timeout {self.loader_timeout}: must be positive")
 
 
 class _WriterThread(threading.Thread):
@@ -117,20 +99,14 @@ class _WriterThread(threading.Thread):
             raise self.error
 
 
-def _batches(loader: DataLoader, shard_path: Path) -> Iterator[dict]:
-    """The loader's batches; any failure of the loader itself is re-raised naming the shard."""
-    batches = iter(loader)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except Exception as err:  # a dead worker, a timeout, a broken worker pipe
-            raise LoaderFailed(
-                f"{shard_path}: image decoding failed ({type(err).__name__}: {err}); "
-                "a DataLoader worker died or stalled"
-            ) from err
-        yield batch
+def _decode_workers(requested: int) -> int:
+    if requested and multiprocessing.current_process().daemon:
+        log.warning(
+            "daemonic worker process (a dask worker started with a nanny?): decoding in-process; "
+            "start dask workers with `--no-nanny` or distributed.worker.daemon=False for speed"
+        )
+        return 0
+    return requested
 
 
 def cache_shard(
@@ -139,47 +115,39 @@ def cache_shard(
     shard_path: Path,
     cfg: RunnerConfig,
     on_batch: Callable[[int], None] | None = None,
+    pool: DecodePool | None = None,
 ) -> dict:
-    """Run `teacher` over one shard into `group` and commit it; returns counts and timing."""
+    """Run `teacher` over one shard into `group` and commit it; returns counts and timing.
+
+    `pool`: the decode workers to use; by default this thread's `shared_pool`, kept for the
+    next shard."""
     device = next(teacher.parameters()).device
     tic = time.perf_counter()
-    dataset = _ShardImages(shard_path)
-    workers = cfg.workers
-    if workers and multiprocessing.current_process().daemon:
-        log.warning(
-            "daemonic worker process (a dask worker started with a nanny?): decoding in-process; "
-            "start dask workers with `--no-nanny` or distributed.worker.daemon=False for speed"
-        )
-        workers = 0
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-        timeout=cfg.loader_timeout if workers else 0,
-    )
+    if pool is None:
+        pool = shared_pool(_decode_workers(cfg.workers), cfg.batch_size, cfg.loader_timeout,
+                           pin_memory=device.type == "cuda")  # fmt: skip
     # Lossless float16 storage needs only half-precision copies off the device; lossy codecs
     # quantise from float32 so their measured fidelity is against float32.
     writer = _WriterThread(group, as_float32=not parse_codec(cfg.codec).lossless)
     writer.start()
     missing: list[str] = []
-    source = shard_digest(shard_path)
+    batches = pool.batches(shard_path)
     try:
-        for batch in _batches(loader, shard_path):
-            missing += batch["missing"]
-            if batch["images"] is not None:
-                images = batch["images"].to(device, non_blocking=True)
+        for batch in batches:
+            missing += batch.missing
+            if batch.images is not None:
+                images = batch.images.to(device, non_blocking=True)
                 with autocast(cfg.precision, device):
-                    feats = teacher.features(images, batch["labels"])
-                writer.put(batch["keys"], feats)
+                    feats = teacher.features(images, batch.labels)
+                writer.put(batch.keys, feats)
             if on_batch is not None:
-                on_batch(len(batch["keys"]) + len(batch["missing"]))
+                on_batch(len(batch.keys) + len(batch.missing))
     finally:
+        batches.close()  # now, not when a traceback lets go of it: the pool serves the next shard
         writer.finish()
-    count = group.commit(missing, source=source)
+    # Digested after the read, not before it: the first batch does not wait for a pass over the
+    # whole file, and this one reads it from the page cache.
+    count = group.commit(missing, source=shard_digest(shard_path))
     return {
         "shard": shard_path.name,
         "count": count,

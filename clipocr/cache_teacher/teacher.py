@@ -18,6 +18,12 @@ ViT-B): all image tokens; text tokens ``c1..cL, EOT`` (SOT dropped); plus `text_
 projected text embedding. We run the blocks ourselves rather than through hooks so the image tower
 can stop after its last tap (a quarter of its compute saved) and the text tower runs at context 27.
 
+For the store's label-keyed text table (``text_layout="table"``), `Teacher.table_features` runs
+the text tower alone on distinct labels and keeps every position (c1..c25, EOT, pad…): with
+``text_pad="align"`` the pad positions keep CLIP's pad-token features (the official code aligns
+the decoder's positions past EOS with them), with ``"masked"`` they are zeroed. Shards are then
+cached through `ImageTaps`, which asks `features` for the image taps only.
+
 Features come out in a *storage form* (DESIGN §5): ``normalised`` (per-token LayerNorm without
 affine on the stage taps, unit-length `text_emb`; the default) or ``raw``. `store_spec` describes a
 teacher to the store by content (architecture, weights checksum, activation), never by path.
@@ -31,12 +37,21 @@ from pathlib import Path
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import TextTransformer, VisionTransformer
 from open_clip.utils import to_2tuple
 from torch import nn
 
 from clipocr.cache_teacher.char_tokenizer import CharTokenizer, tokenizer_from_spec
+from clipocr.cache_teacher.tower_ops import (
+    LN_EPS,
+    POS_EMBED_MODES,
+    STORAGE_FORMS,
+    adapt_pos_embed,
+    run_blocks,
+    stage_blocks,
+    text_forward,
+    to_storage_form,
+)
 from clipocr.cache_teacher.weights import (
     ModelSpec,
     build_model,
@@ -48,7 +63,13 @@ from clipocr.cache_teacher.weights import (
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.preprocess import IMG_H, IMG_W, normalize
-from clipocr.pipeline.teacher_store import StoreSpec
+from clipocr.pipeline.teacher_store import TEXT_PADS, StoreSpec
+
+__all__ = [  # the forward-pass pieces live in `tower_ops`; importable from here as before
+    "LN_EPS", "POS_EMBED_MODES", "STORAGE_FORMS", "adapt_pos_embed", "run_blocks",
+    "stage_blocks", "text_forward", "to_storage_form", "DEFAULT_DEMO_TEACHER", "ImageTaps",
+    "Teacher", "TeacherConfig", "check_batch", "load_teacher", "store_spec",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +77,6 @@ ASSETS_TEACHER = Path(__file__).resolve().parents[1] / "assets" / "teacher"
 DEMO_TEACHER_CONFIG = ASSETS_TEACHER / "teacher.json"
 DEMO_TEACHER_WEIGHTS = ASSETS_TEACHER / "teacher.safetensors"
 
-POS_EMBED_MODES = ("crop", "interpolate")
-STORAGE_FORMS = ("normalised", "raw")
-LN_EPS = 1e-5
 # Fingerprint entries that say where a teacher came from, not what it is: recorded in the store
 # manifest's ``source`` and never compared, so two paths to (or copies of) the same files are
 # one teacher. The teacher is identified by its architecture and weights checksum.
@@ -80,113 +98,6 @@ class TeacherConfig:
 DEFAULT_DEMO_TEACHER = TeacherConfig(
     model=str(DEMO_TEACHER_CONFIG), pretrained=str(DEMO_TEACHER_WEIGHTS)
 )
-
-
-# ------------------------------------------------------------------------------------------------
-# pieces of the forward pass
-
-
-def stage_blocks(depth: int) -> tuple[int, int, int]:
-    """1-based block counts after which stages 1..3 end (the official ``depth//4`` split)."""
-    if depth < 4:
-        raise InputError(f"a tower of {depth} blocks cannot be split into 4 stages")
-    return (depth // 4, 2 * depth // 4, 3 * depth // 4)
-
-
-def adapt_pos_embed(
-    pos: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int], mode: str
-) -> torch.Tensor:
-    """Class-token + grid positional embedding ``(1 + H·W, D)`` moved to another patch grid.
-
-    ``crop`` keeps the top-left ``dst`` window (the official code's choice: a 32×128 word is the
-    top-left corner of a square CLIP image); ``interpolate`` resizes the whole grid bicubically
-    (with antialiasing, as open_clip's own `resize_pos_embed`). Same grid: unchanged copy.
-    """
-    if mode not in POS_EMBED_MODES:
-        raise ValueError(f"pos_embed must be one of {POS_EMBED_MODES}, not {mode!r}")
-    (sh, sw), (dh, dw) = src_grid, dst_grid
-    if pos.shape[0] != 1 + sh * sw:
-        raise ValueError(f"positional embedding has {pos.shape[0]} rows, grid {sh}×{sw} needs more")
-    cls_pos, grid = pos[:1], pos[1:].reshape(sh, sw, -1)
-    if (sh, sw) == (dh, dw):
-        return pos.detach().clone()
-    if mode == "crop":
-        if dh > sh or dw > sw:
-            raise ValueError(f"cannot crop a {dh}×{dw} window from a {sh}×{sw} grid")
-        grid = grid[:dh, :dw]
-    else:
-        img = grid.permute(2, 0, 1).unsqueeze(0).float()
-        img = F.interpolate(img, size=(dh, dw), mode="bicubic", align_corners=False, antialias=True)
-        grid = img[0].permute(1, 2, 0).to(pos.dtype)
-    return torch.cat([cls_pos, grid.reshape(dh * dw, -1)]).detach().clone()
-
-
-def run_blocks(
-    transformer: nn.Module,
-    x: torch.Tensor,
-    mask: torch.Tensor | None,
-    taps: tuple[int, ...],
-    n: int,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run the first `n` residual blocks on batch-first `x`, keeping the stream after `taps`."""
-    batch_first = getattr(transformer, "batch_first", True)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    kept = []
-    for i, block in enumerate(transformer.resblocks[:n], start=1):
-        x = block(x, attn_mask=mask)
-        if i in taps:
-            kept.append(x if batch_first else x.transpose(0, 1))
-    return (x if batch_first else x.transpose(0, 1)), kept
-
-
-def to_storage_form(feats: dict[str, torch.Tensor], form: str) -> dict[str, torch.Tensor]:
-    """Raw taps → the cache's storage form (DESIGN §5), all float32.
-
-    ``normalised``: stage taps ``(x − mean)/√(var + 1e-5)`` per token (LayerNorm without affine;
-    all-zero padding rows stay zero) and `text_emb` L2-normalised. ``raw``: unchanged values.
-    """
-    if form not in STORAGE_FORMS:
-        raise ValueError(f"storage form must be one of {STORAGE_FORMS}, not {form!r}")
-    out = {}
-    for key, value in feats.items():
-        if key.startswith(("image_s", "text_s")):
-            value = value.float()
-            if form == "normalised":
-                value = F.layer_norm(value, value.shape[-1:], eps=LN_EPS)
-        elif key == "text_emb":
-            value = value.float()
-            if form == "normalised":
-                value = F.normalize(value, dim=-1)
-        out[key] = value
-    return out
-
-
-def _project(x: torch.Tensor, proj: nn.Module | torch.Tensor | None) -> torch.Tensor:
-    if proj is None:
-        return x
-    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
-
-
-def text_forward(
-    text: nn.Module, tokens: torch.Tensor, lengths: torch.Tensor, taps: tuple[int, ...] = ()
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Causal text tower on ``[SOT, c1..cL, EOT, pad…]`` ids of any width ≥ max(L) + 2.
-
-    `text` is an open_clip CLIP (or its `TextTransformer`). Because attention is causal, the
-    features of the kept tokens do not depend on how many pad positions follow, so the width can
-    be 27 instead of 77, or just the batch's longest label + 2 while training. Returns the
-    residual streams after the blocks in `taps` and the projected EOT embedding.
-    """
-    dtype = text.transformer.get_cast_dtype()
-    width = tokens.shape[1]
-    x = text.token_embedding(tokens).to(dtype) + text.positional_embedding[:width].to(dtype)
-    mask = torch.full((width, width), float("-inf"), device=x.device).triu_(1)
-    depth = len(text.transformer.resblocks)
-    x, kept = run_blocks(text.transformer, x, mask, taps, depth)
-    x = text.ln_final(x)
-    eot = x[torch.arange(x.shape[0], device=x.device), lengths + 1]
-    return kept, _project(eot, text.text_projection)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,21 +214,23 @@ class Teacher(nn.Module):
         return text_forward(self.text_tower, tokens, lengths, self.text_taps)
 
     @torch.inference_mode()
-    def features(self, images: torch.Tensor, labels: list[str]) -> dict[str, torch.Tensor]:
+    def features(
+        self, images: torch.Tensor, labels: list[str], text: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Cached targets for a batch, in the configured storage form (float32).
 
         `images`: uint8 ``(B, 3, 32, 128)`` on the teacher's device; `labels`: prepared labels.
         Returns image_s1..3 ``(B, N, D_img)``, text_s1..3 ``(B, L_max + 1, D_txt)`` (tokens
-        ``c1..cL, EOT``, zero past each sample's ``text_lengths = L + 1``) and text_emb ``(B, E)``.
+        ``c1..cL, EOT``, zero past each sample's ``text_lengths = L + 1``) and text_emb ``(B, E)``;
+        with ``text=False`` the image taps only (the text tower does not run).
         """
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, IMG_H, IMG_W):
-            raise ValueError(f"expected uint8 (B, 3, {IMG_H}, {IMG_W}) images, got {images.shape}")
-        if len(labels) != images.shape[0]:
-            raise ValueError(f"{len(labels)} labels for {images.shape[0]} images")
+        check_batch(images, labels)
+        out = {f"image_s{i}": t for i, t in enumerate(self.image_stages(images), start=1)}
+        if not text:
+            return to_storage_form(out, self.cfg.form)
         device = images.device
         lengths = torch.tensor([len(s) for s in labels], dtype=torch.long, device=device)
         tokens = self.tokenizer.encode(labels, self.context_length).to(device)
-        out = {f"image_s{i}": t for i, t in enumerate(self.image_stages(images), start=1)}
         text_taps, emb = self.text_stages(tokens, lengths)
         width = int(lengths.max()) + 1
         keep = torch.arange(width, device=device)[None, :] < (lengths + 1)[:, None]
@@ -328,12 +241,70 @@ class Teacher(nn.Module):
         out["text_lengths"] = lengths + 1
         return out
 
+    @property
+    def text_positions(self) -> int:
+        """Positions a text-table row keeps: the whole context less SOT (26 at context 27)."""
+        return self.context_length - 1
 
-def store_spec(teacher: Teacher, codec: str) -> StoreSpec:
+    @torch.inference_mode()
+    def table_features(self, labels: list[str], text_pad: str) -> dict[str, torch.Tensor]:
+        """The text tower alone on `labels` for the store's text table (storage form, float32).
+
+        Returns text_s1..3 ``(B, P, D_txt)`` at every position ``c1..cL, EOT, pad…`` (P =
+        `text_positions`; the tower runs at the full context, so every row is the one the
+        official code's batch-width run gives, causal attention) and text_emb ``(B, E)``.
+        ``text_pad="masked"`` zeroes the rows past EOT, ``"align"`` keeps the pad-token features.
+        """
+        if text_pad not in TEXT_PADS:
+            raise ValueError(f"text_pad must be one of {TEXT_PADS}, not {text_pad!r}")
+        device = next(self.parameters()).device
+        lengths = torch.tensor([len(s) for s in labels], dtype=torch.long, device=device)
+        tokens = self.tokenizer.encode(labels, self.context_length).to(device)
+        text_taps, emb = self.text_stages(tokens, lengths)
+        out = {}
+        keep = torch.arange(self.text_positions, device=device)[None, :] < (lengths + 1)[:, None]
+        for i, tap in enumerate(text_taps, start=1):
+            tap = tap[:, 1 : self.text_positions + 1]
+            out[f"text_s{i}"] = tap if text_pad == "align" else torch.where(keep[..., None], tap, 0)
+        out["text_emb"] = emb
+        return to_storage_form(out, self.cfg.form)
+
+
+def check_batch(images: torch.Tensor, labels: list[str]) -> None:
+    """ValueError unless `images` is a uint8 ``(B, 3, 32, 128)`` batch with B `labels`."""
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, IMG_H, IMG_W):
+        raise ValueError(f"expected uint8 (B, 3, {IMG_H}, {IMG_W}) images, got {images.shape}")
+    if len(labels) != images.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {images.shape[0]} images")
+
+
+class ImageTaps(nn.Module):
+    """A teacher whose `features` return the image taps only: how shards are cached into a store
+    of the ``table`` text layout, whose text comes from the text table (the text tower then
+    runs once per distinct label, not per sample). Anything else is the wrapped teacher's."""
+
+    def __init__(self, teacher: Teacher) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - whatever the teacher's attribute is
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["teacher"], name)
+
+    def features(self, images: torch.Tensor, labels: list[str]) -> dict[str, torch.Tensor]:
+        return self.teacher.features(images, labels, text=False)
+
+
+def store_spec(
+    teacher: Teacher, codec: str, text_layout: str = "ragged", text_pad: str = "masked"
+) -> StoreSpec:
     """The manifest fields that make two stores interchangeable (DESIGN §5).
 
     The teacher is identified by content — architecture, weights checksum, activation and how it
     is adapted — and never by path: what `PROVENANCE` names goes to the spec's ``source``.
+    `text_layout` / `text_pad`: see `StoreSpec` (``cache-teacher`` defaults to the table).
     """
     fp = teacher.fingerprint()
     return StoreSpec(
@@ -356,6 +327,8 @@ def store_spec(teacher: Teacher, codec: str) -> StoreSpec:
         codec=codec,
         charset=teacher.cfg.charset,
         source={k: fp[k] for k in PROVENANCE},
+        text_layout=text_layout,
+        text_pad=text_pad,
     )
 
 

@@ -52,6 +52,23 @@ def cache_teacher(
             rich_help_panel=_TEACHER,
         ),
     ] = "zstd",
+    text_layout: Annotated[
+        str,
+        typer.Option(
+            help="table: text features once per distinct label, samples refer to them; ragged: "
+            "once per sample in its shard group.",
+            rich_help_panel=_TEACHER,
+        ),
+    ] = "table",
+    text_pad: Annotated[
+        str,
+        typer.Option(
+            help="masked: decoder positions past EOS are left out of the text loss; align: "
+            "they are aligned with CLIP's pad-token features, as the official code does "
+            "(needs --text-layout table; training follows the store).",
+            rich_help_panel=_TEACHER,
+        ),
+    ] = "masked",
     device: Annotated[
         str,
         typer.Option(help="auto (each worker's GPU, else CPU), cuda, cpu.", rich_help_panel=_RUN),
@@ -105,9 +122,16 @@ def cache_teacher(
     from clipocr.cache_teacher.runner import RunnerConfig
     from clipocr.cache_teacher.teacher import TeacherConfig
     from clipocr.pipeline.shards import load_index
-    from clipocr.pipeline.teacher_store import parse_codec
+    from clipocr.pipeline.teacher_store import TEXT_LAYOUTS, TEXT_PADS, parse_codec
 
     parse_codec(codec)
+    if text_layout not in TEXT_LAYOUTS or text_pad not in TEXT_PADS:
+        raise InputError(
+            f"cache-teacher: --text-layout {text_layout} / --text-pad {text_pad}: expected one of "
+            f"{', '.join(TEXT_LAYOUTS)} / {', '.join(TEXT_PADS)}"
+        )
+    if text_pad == "align" and text_layout != "table":
+        raise InputError("cache-teacher: --text-pad align needs --text-layout table")
     charset = load_index(shards)["charset"]
     job = CacheJob(
         shards=str(shards),
@@ -119,6 +143,8 @@ def cache_teacher(
         runner=RunnerConfig(batch_size, workers, precision, codec),
         device=device,
         threads=threads,
+        text_layout=text_layout,
+        text_pad=text_pad,
     )  # fmt: skip
     summary = run_cache(
         job, scheduler=scheduler, dask_workers=dask_workers, processes=dask_processes

@@ -23,7 +23,12 @@ _RUN = "Run"
 
 def validation(paths: list[str]) -> Callable[[Student, torch.device], dict[str, float]]:
     """The trainer's validation: `clipocr-eval`'s own `evaluate` on the given LMDBs, so training
-    curves and benchmark figures can never disagree (the trainer itself never imports evaluate)."""
+    curves and benchmark figures can never disagree (the trainer itself never imports evaluate).
+    Each LMDB is opened now, so a missing or broken one is an error before training, not after."""
+    from clipocr.pipeline.lmdb_io import LmdbReader
+
+    for path in paths:
+        LmdbReader(path).close()
 
     def validate(student: Student, device: torch.device) -> dict[str, float]:
         from clipocr.evaluate import evaluate
@@ -99,6 +104,14 @@ def train(
     threads: ThreadsOption = None,
     augment: Annotated[
         bool | None, typer.Option("--augment/--no-augment", rich_help_panel=_DATA)
+    ] = None,
+    augment_on: Annotated[
+        str | None,
+        typer.Option(
+            help="host (PIL, per image, in the DataLoader workers) or device (the same ops, "
+            "batched on the training device: frees a GPU trainer's host cores).",
+            rich_help_panel=_DATA,
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(rich_help_panel=_RUN)] = None,
     device: Annotated[

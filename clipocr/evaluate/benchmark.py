@@ -196,7 +196,8 @@ def first_decoded(datasets: Sequence[Dataset], count: int, decode: Callable[[byt
         finally:
             reader.close()
     if not out:
-        raise InputError("no decodable image to time the readers on")
+        where = ", ".join(str(d.path) for d in datasets)
+        raise InputError(f"{where}: no decodable image to time the readers on (empty LMDB?)")
     return out
 
 

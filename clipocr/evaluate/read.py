@@ -59,7 +59,9 @@ def _decode(path: Path) -> tuple[torch.Tensor | None, str]:
         return None, "no such file"
     except IsADirectoryError:
         return None, "is a directory"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except UnidentifiedImageError:  # its message only names an in-memory buffer
+        return None, "not a readable image (no image format PIL knows)"
+    except (OSError, ValueError, SyntaxError) as err:
         return None, f"not a readable image ({type(err).__name__}: {err})"
 
 

@@ -10,6 +10,7 @@ A damaged page (LMDB's ``MDB_CORRUPTED``) is an `InputError` naming the LMDB and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import uuid
@@ -29,6 +30,7 @@ SKIP_MISSING_IMAGE = "missing_image"
 SKIP_MISSING_LABEL = "missing_label"
 SKIP_CORRUPT_IMAGE = "corrupt_image"
 SKIP_LABEL_NOT_UTF8 = "label_not_utf8"
+_NEARLY_FULL = 16 << 20  # bytes free below which a failed LMDB write is put down to a full disk
 
 
 def is_lmdb_dir(path: Path) -> bool:
@@ -146,7 +148,11 @@ class LmdbReader:
 
 
 class LmdbWriter:
-    """Writes an STR LMDB under a temporary name; it appears at `path` only when closed cleanly."""
+    """Writes an STR LMDB under a temporary name; it appears at `path` only when closed cleanly.
+
+    A failed write (LMDB reports a full disk as an I/O error) drops the temporary LMDB and is an
+    `InputError` naming `path`: nothing half-written is left, under either name.
+    """
 
     def __init__(self, path: str | Path, map_size: int = 1 << 36, commit_every: int = 1000):
         self.path = Path(path)
@@ -157,28 +163,57 @@ class LmdbWriter:
         self._env = lmdb.open(str(self._tmp), map_size=map_size)
         self._txn = self._env.begin(write=True)
         self._commit_every = commit_every
+        self._done = False
         self.count = 0
 
     def add(self, image: bytes, label: str) -> int:
         """Append one sample; returns its 1-based index."""
         self.count += 1
-        self._txn.put(b"image-%09d" % self.count, image)
-        self._txn.put(b"label-%09d" % self.count, label.encode("utf-8"))
-        if self.count % self._commit_every == 0:
-            self._txn.commit()
-            self._txn = self._env.begin(write=True)
+        try:
+            self._txn.put(b"image-%09d" % self.count, image)
+            self._txn.put(b"label-%09d" % self.count, label.encode("utf-8"))
+            if self.count % self._commit_every == 0:
+                self._txn.commit()
+                self._txn = self._env.begin(write=True)
+        except lmdb.Error as err:
+            raise self._failed(err) from None
         return self.count
 
+    def write_text(self, name: str, text: str) -> None:
+        """A side file (e.g. ``synth.json``) inside the LMDB folder, published with it."""
+        try:
+            (self._tmp / name).write_text(text)
+        except OSError as err:
+            raise self._failed(err) from None
+
     def close(self) -> None:
-        self._txn.put(b"num-samples", str(self.count).encode())
-        self._txn.commit()
+        try:
+            self._txn.put(b"num-samples", str(self.count).encode())
+            self._txn.commit()
+        except lmdb.Error as err:
+            raise self._failed(err) from None
         self._env.close()
         self._tmp.rename(self.path)
+        self._done = True
 
     def abort(self) -> None:
-        self._txn.abort()
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(lmdb.Error):  # a transaction a failed commit already ended
+            self._txn.abort()
         self._env.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _failed(self, err: Exception) -> InputError:
+        """Drop the unfinished LMDB and say so (checking for a full disk before freeing it)."""
+        full = shutil.disk_usage(self._tmp.parent).free < _NEARLY_FULL
+        self.abort()
+        why = "the disk is full, " if full else ""
+        return InputError(
+            f"{self.path}: could not write the LMDB ({why}{err}); nothing was kept: "
+            "free space and rerun"
+        )
 
     def __enter__(self) -> LmdbWriter:
         return self

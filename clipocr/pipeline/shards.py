@@ -35,11 +35,12 @@ from tqdm import tqdm
 from clipocr.pipeline.charset import Charset, LabelRejected
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.preprocess import load_uint8
+from clipocr.pipeline.shard_index import INDEX_NAME, load_index, shard_paths
 from clipocr.pipeline.sources import RawSample, Source, open_source
+from clipocr.pipeline.tar_stream import iter_tar_samples
 
 log = logging.getLogger(__name__)
 
-INDEX_NAME = "shards.json"
 SHARD_PATTERN = "shard-%06d.tar"
 SKIP_CORRUPT_IMAGE = "corrupt_image"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -312,41 +313,19 @@ def _prepare(
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------
-def load_index(shard_dir: str | Path) -> dict:
-    """The ``shards.json`` of a prepared folder, or an InputError saying what is missing."""
-    shard_dir = Path(shard_dir)
-    if not shard_dir.is_dir():
-        raise InputError(f"{shard_dir}: no such shard folder")
-    path = shard_dir / INDEX_NAME
-    if not path.is_file():
-        raise InputError(f"{path}: missing; run `clipocr prepare` (or let it finish) first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
-
-
-def shard_paths(shard_dir: str | Path) -> list[Path]:
-    """Paths of the shards listed in the index, in order; each must exist."""
-    shard_dir = Path(shard_dir)
-    paths = [shard_dir / s["name"] for s in load_index(shard_dir)["shards"]]
-    for p in paths:
-        if not p.is_file():
-            raise InputError(f"{p}: listed in {INDEX_NAME} but missing")
-    return paths
-
-
 def iter_shard_raw(path: str | Path) -> Iterator[tuple[str, bytes, str]]:
-    """Yield ``(key, image_bytes, label)`` of one shard, in its stored order."""
+    """Yield ``(key, image_bytes, label)`` of one shard in its stored order, streaming it:
+    the first sample comes at once and memory holds one sample, not the shard.
+
+    A sample without an image yields empty bytes (undecodable: the cache records it missing);
+    one without a label is an `InputError`.
+    """
     # Splitting across nodes/workers is the caller's business (it hands each worker whole
-    # shards), so webdataset's own splitters are off: a shard is always read in full.
-    dataset = wds.WebDataset(
-        str(path), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
-    )
-    for sample in dataset:
-        data = sample.get("jpg") or sample.get("png")
-        label = sample["txt"].decode("utf-8")
-        yield sample["__key__"], data, label
+    # shards): a shard is always read in full.
+    for key, parts in iter_tar_samples(path):
+        if "txt" not in parts:
+            raise InputError(f"{path}: sample {key} has no label (.txt); re-create the shard")
+        yield key, parts.get("jpg") or parts.get("png") or b"", parts["txt"].decode("utf-8")
 
 
 def iter_shard(

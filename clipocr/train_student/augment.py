@@ -7,7 +7,7 @@ PARSeq we do not patch timm's module-level op tables: the extra ops are plain ca
 to `timm.data.auto_augment.RandAugment`.
 
 Each sample is augmented under its own seed, so a replayed data stream (resume, cached views)
-gets exactly the same pixels.
+gets exactly the same pixels. `device_augment.py` draws the same ops on batched tensors.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 from timm.data import auto_augment
 
-# Tuned by PARSeq for magnitude 5 (effective values are half of these).
+# Tuned by PARSeq for magnitude 5 (effective values are half of these). timm 1.x reads none of
+# them (its shear and translate levels are fixed: ±0.3·m/10 and ±0.45·m/10); `rotate_deg` is
+# read by the expanding rotation below.
 HPARAMS = {
     "rotate_deg": 30,
     "shear_x_pct": 0.9,
@@ -27,47 +29,71 @@ HPARAMS = {
     "translate_x_pct": 0.10,
     "translate_y_pct": 0.30,
 }
-_TIMM_OPS = [
+TIMM_OPS = [
     op
     for op in auto_augment._RAND_INCREASING_TRANSFORMS
     if op not in ("SharpnessIncreasing", "Rotate")
 ]
-_LEVEL_DENOM = 10.0
+# The added ops: (name, the argument at magnitude 10, randomly negated)
+EXTRA_OPS = [("RotateExpand", HPARAMS["rotate_deg"], True), ("GaussianBlur", 4, False),
+             ("PoissonNoise", 40, False)]  # fmt: skip
+OP_NAMES = [*TIMM_OPS, *(name for name, _, _ in EXTRA_OPS)]
+LEVEL_DENOM = auto_augment._LEVEL_DENOM
+FILL = (128, 128, 128)  # timm's fill (hparams without img_mean), used by the rotation too
 
 
-def _bounded(level: float, img: Image.Image, max_dim_factor: float) -> int:
-    """PARSeq's `_get_param`: limit a pixel-sized level by the image size."""
-    return round(min(level, max(1.0, max_dim_factor * max(img.size))))
+def bounded(level: float, max_side: int, max_dim_factor: float) -> int:
+    """PARSeq's `_get_param`: limit a pixel-sized level by the image's longer side."""
+    return round(min(level, max(1.0, max_dim_factor * max_side)))
+
+
+def blur_radius(level: float, max_side: int) -> int:
+    return bounded(level, max_side, 0.02)
+
+
+def noise_lambda(level: float, max_side: int) -> int:
+    return bounded(level, max_side, 0.2)
 
 
 class _Op:
-    """A RandAugment op applied with probability `prob` at a fixed magnitude (as timm's)."""
+    """A RandAugment op applied with probability `prob` at a fixed magnitude (as timm's), its
+    argument negated with probability 1/2 when `signed` (as timm's `_randomly_negate`)."""
 
     def __init__(
-        self, fn: Callable[[Image.Image, float], Image.Image], magnitude: float, max_arg: float
+        self,
+        name: str,
+        fn: Callable[[Image.Image, float], Image.Image],
+        magnitude: float,
+        max_arg: float,
+        signed: bool,
     ):
-        self.fn, self.arg, self.prob = fn, max_arg * magnitude / _LEVEL_DENOM, 0.5
+        self.name, self.fn, self.signed = name, fn, signed
+        self.arg, self.prob = max_arg * magnitude / LEVEL_DENOM, 0.5
 
     def __call__(self, img: Image.Image) -> Image.Image:
         if random.random() > self.prob:
             return img
-        return self.fn(img, self.arg)
+        arg = self.arg if not self.signed or random.random() < 0.5 else -self.arg
+        return self.fn(img, arg)
 
 
 def _gaussian_blur(img: Image.Image, radius: float) -> Image.Image:
-    return img.filter(ImageFilter.GaussianBlur(_bounded(radius, img, 0.02)))
+    return img.filter(ImageFilter.GaussianBlur(blur_radius(radius, max(img.size))))
 
 
 def _poisson_noise(img: Image.Image, lam: float) -> Image.Image:
-    lam = _bounded(lam, img, 0.2)
+    lam = noise_lambda(lam, max(img.size))
     arr = np.asarray(img).astype(np.int16)
     noise = np.random.poisson(lam, size=arr.shape) - lam
     return Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
 
 
 def _rotate_expand(img: Image.Image, degrees: float) -> Image.Image:
-    angle = degrees if random.random() < 0.5 else -degrees
-    return img.rotate(angle, resample=Image.BICUBIC, expand=True, fillcolor=(128, 128, 128))
+    return img.rotate(degrees, resample=Image.BICUBIC, expand=True, fillcolor=FILL)
+
+
+_EXTRA_FNS = {"RotateExpand": _rotate_expand, "GaussianBlur": _gaussian_blur,
+              "PoissonNoise": _poisson_noise}  # fmt: skip
 
 
 class StudentAugment:
@@ -75,13 +101,9 @@ class StudentAugment:
 
     def __init__(self, magnitude: int = 5, num_ops: int = 3) -> None:
         ops: list[Callable] = list(
-            auto_augment.rand_augment_ops(magnitude, hparams=HPARAMS, transforms=_TIMM_OPS)
+            auto_augment.rand_augment_ops(magnitude, hparams=HPARAMS, transforms=TIMM_OPS)
         )
-        ops += [
-            _Op(_rotate_expand, magnitude, HPARAMS["rotate_deg"]),
-            _Op(_gaussian_blur, magnitude, 4),
-            _Op(_poisson_noise, magnitude, 40),
-        ]
+        ops += [_Op(n, _EXTRA_FNS[n], magnitude, arg, signed) for n, arg, signed in EXTRA_OPS]
         weights = [1.0 / len(ops)] * len(ops)  # weighted choice ⇒ no op twice
         self._augment = auto_augment.RandAugment(ops, num_ops, weights)
 

@@ -47,6 +47,7 @@ class TrainConfig:
     shuffle_buffer: int = 1000
     augment: bool = True
     augment_from_epoch: int = 0  # clean images for the first N epochs, then augmented (issue 13)
+    augment_on: str = "host"  # host: PIL in the DataLoader workers; device: the batch, batched
     seed: int = 0
     device: str = "auto"
     # bookkeeping
@@ -75,6 +76,8 @@ class TrainConfig:
             )
         if self.dec_lr_scale <= 0 or self.augment_from_epoch < 0:
             raise InputError("train: dec_lr_scale must be > 0 and augment_from_epoch >= 0")
+        if self.augment_on not in ("host", "device"):
+            raise InputError(f"train: augment_on must be host or device, got {self.augment_on!r}")
         try:
             student_config(self.preset, charset=self.charset, **self.student)
         except (TypeError, ValueError) as err:

@@ -8,6 +8,11 @@ DataLoader worker, re-ordered every epoch from the seed.
 Everything random is a pure function of ``(seed, epoch, rank, worker)`` and of each sample's key,
 so a resumed run can skip the batches it already trained on *without decoding them* and continue
 with exactly the batches an uninterrupted run would have seen.
+
+Text targets past EOS (``StreamConfig.text_pad``): ``masked`` (default) pads them with zeros and
+marks them invalid in ``text_mask``; ``align`` — the official code's way, from a store cached with
+``--text-pad align`` — fills every decoder position with the teacher's row of that position (CLIP's
+pad-token features past EOT) and marks all valid. By default the stream follows the store.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.preprocess import decode_image, resize, to_uint8_tensor
 from clipocr.pipeline.shards import iter_shard_raw, load_index
-from clipocr.pipeline.teacher_store import STAGES_IMAGE, STAGES_TEXT, TeacherStore
+from clipocr.pipeline.teacher_store import STAGES_IMAGE, STAGES_TEXT, TEXT_PADS, TeacherStore
+from clipocr.pipeline.teacher_store.reader import TEXT_LABEL
 from clipocr.train_student.augment import StudentAugment
 
 
@@ -69,6 +75,7 @@ class StreamConfig:
     augment: bool = True
     seed: int = 0
     augment_from_epoch: int = 0  # epochs before this one see clean images (a curriculum)
+    text_pad: str | None = None  # "masked" | "align"; None = as the store was cached
 
 
 class DistillStream(IterableDataset):
@@ -98,7 +105,11 @@ class DistillStream(IterableDataset):
         self.skip = 0
         self.num_workers = 1
         self.missing: dict[str, set[str]] = {}
+        self.text_pad = cfg.text_pad or (store.spec.text_pad if store is not None else "masked")
+        if self.text_pad not in TEXT_PADS:
+            raise InputError(f"text pad {self.text_pad!r}: expected one of {', '.join(TEXT_PADS)}")
         if store is not None:
+            store.check_text_pad(self.text_pad)
             self._count_targets(store)
         self._augment = StudentAugment() if cfg.augment else None
 
@@ -125,8 +136,8 @@ class DistillStream(IterableDataset):
         # The reader checks a group's arrays against the manifest as it opens it: reading one
         # sample now refuses an edited or mismatched manifest before training, not mid-epoch.
         first = next((name for name, n in have.items() if n and name in self.counts), None)
-        if first is not None:
-            next(iter(store.iter_shard(first)))
+        if first is not None:  # (and reads the text table, if any, before workers fork)
+            next(iter(store.iter_shard(first, self.text_pad)))
 
     # -- bookkeeping the trainer uses ----------------------------------------------------------
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -166,7 +177,7 @@ class DistillStream(IterableDataset):
                     yield {"key": key, "data": data, "label": label}
                 continue
             missing = self.missing[name]
-            targets = self.store.iter_shard(name)
+            targets = self.store.iter_shard(name, self.text_pad)
             for key, data, label in samples:
                 if key in missing:
                     continue  # the teacher could not read this image either
@@ -182,14 +193,25 @@ class DistillStream(IterableDataset):
                         f"{self.store.root}/{name}: key {tkey} where {path} has {key}; "
                         "the store was made from other shards"
                     )
-                rows = len(label) + 1
-                if feats[STAGES_TEXT[0]].shape[0] != rows:
-                    raise InputError(
-                        f"{self.store.root}/{name}: sample {key} has "
-                        f"{feats[STAGES_TEXT[0]].shape[0]} text rows for label {label!r} "
-                        f"(expected {rows}); was the store made with another charset?"
-                    )
+                self._check_text(name, key, label, feats)
                 yield {"key": key, "data": data, "label": label, "feats": feats}
+
+    def _check_text(self, name: str, key: str, label: str, feats: dict) -> None:
+        """The sample's text targets belong to its label (table layout: the very label)."""
+        where = f"{self.store.root}/{name}"
+        if TEXT_LABEL in feats and str(feats[TEXT_LABEL]) != label:
+            raise InputError(
+                f"{where}: sample {key} refers to text targets of {str(feats[TEXT_LABEL])!r}, "
+                f"its label is {label!r}; was the store made from other shards or charset?"
+            )
+        if STAGES_TEXT[0] not in feats:
+            return
+        rows, have = len(label) + 1, feats[STAGES_TEXT[0]].shape[0]
+        if (have != rows) if self.text_pad == "masked" else (have < rows):
+            raise InputError(
+                f"{where}: sample {key} has {have} text rows for label {label!r} (expected "
+                f"{rows}); was the store made with another charset?"
+            )
 
     def _decode(self, sample: dict) -> dict | None:
         try:
@@ -226,11 +248,14 @@ class DistillStream(IterableDataset):
                 continue
             decoded = [s for s in map(self._decode, group) if s is not None]
             if decoded:
-                yield collate(decoded, self.charset)
+                yield collate(decoded, self.charset, self.text_pad)
 
 
-def collate(samples: list[dict], charset: Charset) -> dict:
-    """Stack images; pad teacher text rows to the decoder's positions with a validity mask."""
+def collate(samples: list[dict], charset: Charset, text_pad: str = "masked") -> dict:
+    """Stack images; teacher text rows at the decoder's positions with a validity mask.
+
+    ``masked``: a sample's L + 1 rows, zeros after, valid up to EOS. ``align``: the first
+    ``width`` of the sample's rows at every position (c1..cL, EOT, pad…), all valid."""
     labels = [s["label"] for s in samples]
     tgt_in, tgt_out = charset.batch_targets(labels)
     batch = {
@@ -246,15 +271,17 @@ def collate(samples: list[dict], charset: Charset) -> dict:
     for name in STAGES_IMAGE:
         batch[name] = torch.from_numpy(np.stack([f[name] for f in feats])).half()
     width = tgt_in.shape[1]
+    align = text_pad == "align"
     mask = torch.zeros(len(samples), width, dtype=torch.bool)
     for row, label in enumerate(labels):
-        mask[row, : len(label) + 1] = True
+        mask[row, : width if align else len(label) + 1] = True
     batch["text_mask"] = mask
     for name in STAGES_TEXT:
         dim = feats[0][name].shape[1]
         padded = np.zeros((len(samples), width, dim), dtype=np.float16)
         for row, f in enumerate(feats):
-            padded[row, : f[name].shape[0]] = f[name]
+            rows = f[name][:width]
+            padded[row, : rows.shape[0]] = rows
         batch[name] = torch.from_numpy(padded)
     batch["text_emb"] = torch.from_numpy(np.stack([f["text_emb"] for f in feats])).half()
     return batch

@@ -28,15 +28,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from clipocr.pipeline.charset import Charset
-from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.errors import InputError, RunInterrupted
 from clipocr.pipeline.precision import autocast
-from clipocr.pipeline.preprocess import IMG_H, IMG_W, normalize
-from clipocr.pipeline.shards import DISK_FULL
-from clipocr.pipeline.teacher_store import TeacherStore
-from clipocr.pipeline.threads import cpu_threads
+from clipocr.pipeline.preprocess import normalize
+from clipocr.pipeline.shards import DISK_FULL, shard_paths
 from clipocr.train_student.checkpoint import save_student
 from clipocr.train_student.config import TrainConfig
 from clipocr.train_student.dataset import DistillStream, StreamConfig
+from clipocr.train_student.device_augment import DeviceAugment
 from clipocr.train_student.model import Student, student_config
 from clipocr.train_student.run_dir import (
     CONFIG_NAME,
@@ -46,6 +45,14 @@ from clipocr.train_student.run_dir import (
     resume_checkpoint,
     start_history,
     write_checkpoint,
+)
+from clipocr.train_student.run_setup import (
+    batch_seed,
+    dist_env,
+    open_store,
+    pick_device,
+    set_cpu_threads,
+    unwrap_worker_error,
 )
 from clipocr.train_student.system import DistillSystem, param_groups
 
@@ -63,63 +70,6 @@ class Position:
     batch_in_epoch: int = 0
 
 
-def _dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment, or a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _set_cpu_threads(cfg: TrainConfig) -> None:
-    """Intra-op threads that leave a core to each DataLoader worker (and share the host between
-    the DDP ranks on it), so the math and the decoding do not take turns on the same cores."""
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(cpu_threads(cfg.workers, cfg.threads, ranks_here).intra_op)
-
-
-def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda":  # one process per GPU under torchrun
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(cfg.device)
-
-
-def open_store(cfg: TrainConfig, charset: Charset) -> TeacherStore:
-    """The teacher store, refused unless its manifest fits what this run trains with.
-
-    The ``normalised`` storage form keeps `text_emb` unit-length, exact for LCL (which
-    L2-normalises its rows) but not for plain L1, whose GAM term compares raw vectors; the image
-    and text terms compare LayerNormed rows, which the normalised form leaves (nearly) unchanged.
-    """
-    store = TeacherStore(cfg.teacher_store)
-    store.check_compatible(
-        {"charset": charset.name, "preprocessing": {"image_size": [IMG_H, IMG_W]}}
-    )
-    store.check_sources(cfg.shards)  # cached from these very shard files (quick digest)
-    heads = cfg.heads
-    if heads.loss_type == "l1" and heads.use_gam and store.spec.form == "normalised":
-        raise InputError(
-            f"{store.root}: --loss-type l1 compares GAM with the text embedding as stored, and "
-            "this store keeps it unit-length (form normalised); re-cache with "
-            "`clipocr cache-teacher --form raw` (or train with --no-gam)"
-        )
-    return store
-
-
-def unwrap_worker_error(err: Exception) -> Exception:
-    """The InputError a DataLoader worker raised, as its own one-line message.
-
-    torch re-raises a worker's exception in the main process as the same class with the whole
-    worker traceback as its message ("Caught InputError in DataLoader worker process 0 …");
-    the user should read what was wrong with their input, the traceback's last line.
-    """
-    text = str(err)
-    if not text.startswith(f"Caught {InputError.__name__} in DataLoader worker"):
-        return err
-    own = text.rpartition(f"{InputError.__module__}.{InputError.__qualname__}: ")[2]
-    return InputError(own.strip())
-
-
 class Trainer:
     """One training run; `run()` trains to the step budget and exports the student."""
 
@@ -129,7 +79,7 @@ class Trainer:
         """`validate` runs every ``cfg.val_every`` steps and at the end when ``cfg.val`` names
         validation sets (see `Validate`); without it, ``cfg.val`` is ignored with a warning."""
         self.cfg = cfg
-        self.rank, self.world, local_rank = _dist_env()
+        self.rank, self.world, local_rank = dist_env()
         self.is_main = self.rank == 0
         if cfg.val and validate is None and self.is_main:
             log.warning("train: validation sets given but no validation to run them; skipped")
@@ -138,14 +88,15 @@ class Trainer:
         check_run_dir(cfg, self.run_dir, resume)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.device = _device(cfg, local_rank)
+        self.device = pick_device(cfg, local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         elif self.device.type == "cpu":  # on a GPU, torch's default threads only feed the device
-            _set_cpu_threads(cfg)
+            set_cpu_threads(cfg)
 
         torch.manual_seed(cfg.seed)
         self.charset = Charset.from_name(cfg.charset)
+        shard_paths(cfg.shards)  # every shard shards.json lists is there: an error now, not later
         self.store = open_store(cfg, self.charset) if cfg.distill else None
         self.student = Student(student_config(cfg.preset, charset=cfg.charset, **cfg.student))
         dims = self.store.spec.dims if self.store is not None else None
@@ -160,13 +111,20 @@ class Trainer:
             cfg.shards,
             self.charset,
             StreamConfig(
-                cfg.batch_size, cfg.shuffle_buffer, cfg.augment, cfg.seed, cfg.augment_from_epoch
+                cfg.batch_size,
+                cfg.shuffle_buffer,
+                cfg.augment and cfg.augment_on == "host",
+                cfg.seed,
+                cfg.augment_from_epoch,
             ),
             store=self.store,
             rank=self.rank,
             world=self.world,
         )
         self.stream.num_workers = max(cfg.workers, 1)
+        # The same op distribution, drawn per image, on the batch once it is on the device.
+        on_device = cfg.augment and cfg.augment_on == "device"
+        self.device_augment = DeviceAugment() if on_device else None
         self.steps_per_epoch = self.stream.batches_per_epoch()
         if self.steps_per_epoch == 0:
             raise InputError(f"{cfg.shards}: no batches for rank {self.rank}")
@@ -260,7 +218,10 @@ class Trainer:
             if isinstance(value, torch.Tensor):
                 value = value.to(self.device, non_blocking=True)
             moved[key] = value
-        moved["images"] = normalize(moved["images"])
+        images = moved["images"]
+        if self.device_augment is not None and self.pos.epoch >= self.cfg.augment_from_epoch:
+            images = self.device_augment(images, batch_seed(self.cfg.seed, self.pos.epoch, batch))
+        moved["images"] = normalize(images)
         return moved
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -303,10 +264,18 @@ class Trainer:
         history.flush()
 
     def run(self) -> Path:
-        """Train to the step budget, export the student; a full disk is a one-line error (the
-        last finished checkpoint is kept, and nothing half-written lies under a final name)."""
+        """Train to the step budget, export the student; a full disk or a killed DataLoader
+        worker is a one-line error (the last finished checkpoint is kept, and nothing
+        half-written lies under a final name)."""
         try:
             return self._run()
+        except RuntimeError as err:  # torch's, from its SIGCHLD handler or the loader
+            if not str(err).startswith("DataLoader worker"):
+                raise
+            why = str(err).strip().rstrip(".")
+            raise RunInterrupted(
+                f"{self.run_dir}: {why}; finished checkpoints are kept: rerun with --resume"
+            ) from None
         except OSError as err:
             if err.errno not in DISK_FULL:
                 raise
@@ -333,7 +302,8 @@ class Trainer:
             while self.pos.step < self.total_steps:
                 try:
                     self._epoch(loader, history, bar)
-                except (InputError, OSError) as err:  # bad input; a full disk (see `run`)
+                except (InputError, OSError, RuntimeError) as err:  # bad input, full disk, dead
+                    # DataLoader worker (see `run`); a bug's RuntimeError keeps its traceback
                     bar.close()  # so the error starts a line of its own
                     raise unwrap_worker_error(err) from None
             if self.validate and self.is_main and self.pos.step % self.cfg.val_every != 0:

@@ -87,22 +87,25 @@ def render_lmdb(
     with LmdbWriter(out) as writer:
         renderer = WordRenderer(charset, style, fonts_dir, seed)
         start = time.perf_counter()
-        for index in tqdm(range(num), disable=not progress, unit="img", desc="synth"):
-            img, label = renderer.sample(index)
-            writer.add(encode_jpeg(img), label)
+        # closed on the way out, so an error starts a line of its own
+        with tqdm(total=num, disable=not progress, unit="img", desc="synth") as bar:
+            for index in range(num):
+                img, label = renderer.sample(index)
+                writer.add(encode_jpeg(img), label)
+                bar.update(1)
         seconds = time.perf_counter() - start
-    result = RenderResult(
-        num_samples=num,
-        seed=seed,
-        style=style,
-        charset=charset.name,
-        fonts=[face.name for face in renderer.faces],
-        fonts_dir=None if fonts_dir is None else str(fonts_dir),
-        font_families=len(renderer.families),
-        lexicon=renderer.words.description,
-        image_format=f"JPEG q{JPEG_QUALITY} RGB, height %d-%d px" % STYLES[style].height,
-        images_per_s=num / seconds,
-        seconds=seconds,
-    )
-    (out / META_NAME).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        result = RenderResult(
+            num_samples=num,
+            seed=seed,
+            style=style,
+            charset=charset.name,
+            fonts=[face.name for face in renderer.faces],
+            fonts_dir=None if fonts_dir is None else str(fonts_dir),
+            font_families=len(renderer.families),
+            lexicon=renderer.words.description,
+            image_format=f"JPEG q{JPEG_QUALITY} RGB, height %d-%d px" % STYLES[style].height,
+            images_per_s=num / seconds,
+            seconds=seconds,
+        )
+        writer.write_text(META_NAME, json.dumps(result.to_dict(), indent=2) + "\n")  # with it
     return result

@@ -11,6 +11,8 @@ reads stores without loading the teacher's code. Its modules, bottom up:
 * `ownership` — which writer owns an unpublished group, and when that writer is gone;
 * `integrity` — every array at its counted rows, every chunk present and checksummed;
 * `sources` — the digest of the source shard a group was cached from (`shard_digest`);
+* `group_writer` — what every group writer shares: preallocated arrays, taps encoded in parallel;
+* `text_table` — the label-keyed text table (``table`` text layout): `TablePartWriter`, `TextTable`;
 * `writer` — `TeacherStoreWriter` creates a store, `ShardGroupWriter` fills one shard's group;
 * `reader` — `TeacherStore` lists and streams groups, checks their sources;
 * `verify` — `TeacherStore.verify`'s full check, and `format_verify_report`.
@@ -19,12 +21,15 @@ Layout::
 
     ROOT/manifest.json        teacher fingerprint, written once when the store is created
     ROOT/zarr.json            the root Zarr group (so Zarr tools can open the store)
+    ROOT/__text_table/part-000000/   text layout "table": text taps once per distinct label
+                              (see `text_table`)
     ROOT/shard-000000/        one Zarr group per source shard, named after the shard file stem
         keys          (n,)        str      sample keys "<shard>/<index>", in shard order
         image_s1..3   (n, N, D)   float16 | int8
-        text_offsets  (n+1,)      int64    sample i owns rows offsets[i]:offsets[i+1] of text_s*
-        text_s1..3    (T, D)      float16 | int8   ragged: L+1 rows per sample (c1..cL, EOT)
-        text_emb      (n, E)      float16 | int8
+        text_ref      (n, 2)      int32    "table" layout: (table part, row) of the label
+        text_offsets  (n+1,)      int64    "ragged": sample i owns rows offsets[i]:offsets[i+1]
+        text_s1..3    (T, D)      float16 | int8   "ragged": L+1 rows per sample (c1..cL, EOT)
+        text_emb      (n, E)      float16 | int8   "ragged" layout
         <tap>_scale   (n, N) / (T,) / (n,) float32   int codecs: one scale per token row
         <tap>_chscale (D,)        float32  int "-channel" codecs: the shard's channel scales
 
@@ -55,10 +60,13 @@ from clipocr.pipeline.teacher_store.spec import (
     STAGES_TEXT,
     STORE_FORMAT,
     TEXT_EMB,
+    TEXT_LAYOUTS,
+    TEXT_PADS,
     TEXT_ROWS_PER_SAMPLE,
     StoreSpec,
     shard_group_name,
 )
+from clipocr.pipeline.teacher_store.text_table import TablePartWriter, open_table_part
 from clipocr.pipeline.teacher_store.verify import format_verify_report
 from clipocr.pipeline.teacher_store.writer import ShardGroupWriter, TeacherStoreWriter
 
@@ -73,14 +81,18 @@ __all__ = [
     "STAGES_TEXT",
     "STORE_FORMAT",
     "TEXT_EMB",
+    "TEXT_LAYOUTS",
+    "TEXT_PADS",
     "TEXT_ROWS_PER_SAMPLE",
     "TMP_PREFIX",
     "Codec",
     "ShardGroupWriter",
     "StoreSpec",
+    "TablePartWriter",
     "TeacherStore",
     "TeacherStoreWriter",
     "format_verify_report",
+    "open_table_part",
     "parse_codec",
     "shard_digest",
     "shard_group_name",

@@ -75,15 +75,21 @@ class Codec:
     def has_scale(self) -> bool:
         return self.kind == "int"
 
+    @property
+    def input_dtype(self) -> np.dtype:
+        """The dtype `encode` works in: float16 codecs never need a float32 copy."""
+        return np.dtype(np.float32 if self.kind == "int" else np.float16)
+
     def compressor(self) -> BloscCodec:
-        # Measured on ViT features (bench/bench_store_codecs.py and by hand): byte shuffle suits
-        # float16 (exponent bytes compress, mantissa bytes barely); level 3 with 256 KiB blocks
-        # is within 0.2 % of level 5's size at 1.6x its speed (level 7: 3 % smaller, 5x slower).
-        # For int8 shuffle is a no-op and the level does not matter (zstd's entropy coding of
-        # the few levels in use does the work), so level 1.
-        if self.kind == "int":
-            return BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle", blocksize=_BLOSC_BLOCK)
-        return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", blocksize=_BLOSC_BLOCK)
+        # Measured on teacher features (bench/store_size.py --compressors: the demo teacher's and
+        # ViT-B/16-shaped ones): byte shuffle suits float16 (exponent bytes compress, mantissa
+        # bytes barely; bit shuffle was 8 % larger); zstd level 1 gives level 3's size (within
+        # 0.1 %) and was as fast or faster in most runs (the shared CPU made timings noisy),
+        # level 5 is 0.4 % smaller at a fifth of the speed or less; lz4 does not compress
+        # float16 features at all (ratio 1.00). For int8 shuffle is a no-op and the
+        # level does not matter (zstd's entropy coding of the few levels in use does the work).
+        shuffle = "noshuffle" if self.kind == "int" else "shuffle"
+        return BloscCodec(cname="zstd", clevel=1, shuffle=shuffle, blocksize=_BLOSC_BLOCK)
 
     def calibrate(self, x: np.ndarray) -> np.ndarray | None:
         """Per-channel scales (D,) from rows ``x`` (..., D), or None when the codec has none."""
@@ -102,12 +108,15 @@ class Codec:
     def encode(
         self, x: np.ndarray, chscale: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """``x`` float32 (..., D) → (stored data, per-row float32 scale or None)."""
+        """``x`` (..., D), float16 or float32 → (stored data, per-row float32 scale or None).
+
+        Float16 input to a float16 codec is stored as it came (no copy)."""
         if self.kind == "float16":
-            return x.astype(np.float16), None
+            return x.astype(np.float16, copy=False), None
         if self.kind == "bitround":
-            return bitround(x.astype(np.float16), self.keepbits), None
+            return bitround(x.astype(np.float16, copy=False), self.keepbits), None
         qmax = 2 ** (self.bits - 1) - 1
+        x = x.astype(np.float32, copy=False)
         y = x / chscale if self.per_channel else x.copy()
         with np.errstate(invalid="ignore", over="ignore"):
             amax = np.max(np.abs(y), axis=-1)
@@ -164,3 +173,16 @@ def parse_codec(name: str) -> Codec:
         f"unknown store codec {name!r}: use zstd, bitround-K (K 1..9), intB-token or "
         "intB-channel (B 4..8)"
     )
+
+
+def count_nonfinite(x: np.ndarray) -> int:
+    """NaN/Inf values in a float16/float32 array, from the exponent bits: no float copies (a
+    float16 ``isfinite`` costs ten times this), and a full count only when there are any."""
+    if x.dtype == np.float16:
+        bits, exp = x.view(np.uint16), np.uint16(0x7C00)
+    elif x.dtype == np.float32:
+        bits, exp = x.view(np.uint32), np.uint32(0x7F800000)
+    else:
+        return int(x.size - np.isfinite(x).sum())
+    bad = (bits & exp) == exp
+    return int(bad.sum()) if bad.any() else 0

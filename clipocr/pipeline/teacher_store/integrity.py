@@ -36,15 +36,50 @@ def has_checksums(array: zarr.Array) -> bool:
 
 
 def expected_shapes(
-    taps: tuple[str, ...], dims: dict, codec: Codec, count: int, text_rows: int
+    taps: tuple[str, ...],
+    dims: dict,
+    codec: Codec,
+    count: int,
+    text_rows: int,
+    text_layout: str = "ragged",
 ) -> dict[str, tuple[int, ...]]:
-    """Array name → the shape a group of `count` samples and `text_rows` text rows must have."""
+    """Array name → the shape a shard group of `count` samples and (ragged layout) `text_rows`
+    text rows must have. In the ``table`` layout a group holds the image taps and ``text_ref``
+    (count, 2) = (table part, row) per sample; the text taps live in the table (`table_shapes`)."""
     shapes: dict[str, tuple[int, ...]] = {"keys": (count,)}
-    if any(t in STAGES_TEXT for t in taps):
+    if text_layout == "table":
+        if any(t not in STAGES_IMAGE for t in taps):
+            shapes["text_ref"] = (count, 2)
+        taps = tuple(t for t in taps if t in STAGES_IMAGE)
+    elif any(t in STAGES_TEXT for t in taps):
         shapes["text_offsets"] = (count + 1,)
+    return shapes | _tap_shapes(taps, dims, codec, count, text_rows)
+
+
+def table_shapes(
+    taps: tuple[str, ...], dims: dict, codec: Codec, count: int, positions: int
+) -> dict[str, tuple[int, ...]]:
+    """Array name → shape for a text-table part of `count` labels: ``labels`` (count,), every
+    text tap at all `positions` of the text tower ``(count, positions, D)``, ``text_emb``."""
+    text_taps = tuple(t for t in taps if t not in STAGES_IMAGE)
+    return {"labels": (count,)} | _tap_shapes(text_taps, dims, codec, count, 0, positions)
+
+
+def _tap_shapes(
+    taps: tuple[str, ...],
+    dims: dict,
+    codec: Codec,
+    count: int,
+    text_rows: int,
+    positions: int | None = None,
+) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
     for tap in taps:
         if tap in STAGES_TEXT:
-            shapes[tap] = (text_rows, dims["text"])
+            if positions is None:
+                shapes[tap] = (text_rows, dims["text"])
+            else:
+                shapes[tap] = (count, positions, dims["text"])
         elif tap in STAGES_IMAGE:
             shapes[tap] = (count, dims["image_tokens"], dims["image"])
         else:

@@ -3,6 +3,9 @@
 Reading (`TeacherStore.iter_shard`, `iter_chunks`) streams a group front to back, reading and
 decoding every chunk exactly once: no per-sample random access. Samples the teacher could not
 process (undecodable images) are absent from the arrays and listed in the ``missing`` attribute.
+In the ``table`` text layout each sample's text taps come from the store's text table
+(`text_table.TextTable`, read whole once per part), so the per-sample API is the same for both
+layouts; ``text_pad="align"`` returns every position of the text tower instead of L + 1 rows.
 
 Reading checks as it goes what it can check cheaply: before streaming a group, that each array
 has the shape its counts give and all its chunk files (a missing chunk would read as zeros);
@@ -28,13 +31,16 @@ from clipocr.pipeline.teacher_store.location import TMP_PREFIX, Location, group_
 from clipocr.pipeline.teacher_store.spec import (
     DEFAULT_CHUNK_SAMPLES,
     MANIFEST_NAME,
+    STAGES_IMAGE,
     STAGES_TEXT,
+    TEXT_PADS,
     StoreSpec,
     diff_fields,
     jsonable,
     read_manifest,
     shard_group_name,
 )
+from clipocr.pipeline.teacher_store.text_table import TextTable
 from clipocr.pipeline.teacher_store.verify import verify_store
 
 
@@ -94,6 +100,10 @@ class _TapStream:
         return self.codec.decode(data, scale, self.chscale)
 
 
+# The per-sample entry holding the label a table-layout sample's text targets were made for.
+TEXT_LABEL = "text_label"
+
+
 class TeacherStore:
     """Read side: lists complete shard groups and streams their targets in stored order."""
 
@@ -105,6 +115,24 @@ class TeacherStore:
         except (TypeError, InputError) as err:
             raise InputError(f"{self.loc.child(MANIFEST_NAME)}: invalid spec ({err})") from None
         self.codec = parse_codec(self.spec.codec)
+        self._tables: dict[bool, TextTable] = {}
+
+    def text_table(self, all_rows: bool = False) -> TextTable:
+        """The store's text table (``table`` layout), kept once read."""
+        if all_rows not in self._tables:
+            self._tables[all_rows] = TextTable(self.loc, self.spec.taps, self.codec, all_rows)
+        return self._tables[all_rows]
+
+    def check_text_pad(self, text_pad: str) -> None:
+        """InputError unless this store can give text targets for `text_pad`."""
+        if text_pad not in TEXT_PADS:
+            raise InputError(f"text pad {text_pad!r}: expected one of {', '.join(TEXT_PADS)}")
+        if text_pad == "align" and self.spec.text_pad != "align":
+            raise InputError(
+                f"{self.loc.child(MANIFEST_NAME)}: text pad align needs the pad-token features, "
+                f"and this store was cached with text layout {self.spec.text_layout} / pad "
+                f"{self.spec.text_pad}; re-cache with `clipocr cache-teacher --text-pad align`"
+            )
 
     @property
     def root(self) -> str:
@@ -150,17 +178,27 @@ class TeacherStore:
                 f"setup: {'; '.join(diffs)}"
             )
 
-    def iter_chunks(self, name: str) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
+    def iter_chunks(
+        self, name: str, text_pad: str = "masked"
+    ) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
         """Yield ``(keys, block)`` a storage chunk of samples at a time, in stored order.
 
         `block` holds float32 ``image_s*`` (B, N, D), ``text_emb`` (B, E), flattened ``text_s*``
-        (T, D) and ``text_offsets`` (B+1,) starting at 0. Each chunk is read and decoded once.
+        (T, D) and ``text_offsets`` (B+1,) starting at 0; a table-layout store adds
+        ``text_label`` (B,), the label each sample's text rows belong to. Each chunk is read and
+        decoded once. ``text_pad="align"``: every position (c1..cL, EOT, pad…) per sample instead
+        of the L + 1 rows up to EOT (stores cached with ``--text-pad align`` only).
         """
+        self.check_text_pad(text_pad)
         attrs = self._complete_attrs(name)
         where = self.loc.child(name)
         group = self.open_group(name, attrs)
         count = int(attrs["count"])
-        taps = self.spec.taps
+        table = self.spec.text_layout == "table"
+        taps = tuple(t for t in self.spec.taps if t in STAGES_IMAGE) if table else self.spec.taps
+        refs = None
+        if table and len(taps) < len(self.spec.taps):
+            refs = _ChunkStream(group["text_ref"], f"{where}/text_ref").take(count)
         keys = _ChunkStream(group["keys"], f"{where}/keys").take(count).tolist()
         offsets = None
         if any(t in STAGES_TEXT for t in taps):
@@ -175,13 +213,21 @@ class TeacherStore:
                 block[tap] = stream.take(n)
             if offsets is not None:
                 block["text_offsets"] = offsets[a : b + 1] - offsets[a]
+            if refs is not None:
+                labels, text = self.text_table(text_pad == "align").gather(refs[a:b])
+                block |= text
+                block[TEXT_LABEL] = np.asarray(labels, dtype=str)
             yield keys[a:b], block
 
-    def iter_shard(self, name: str) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    def iter_shard(
+        self, name: str, text_pad: str = "masked"
+    ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         """Yield ``(key, targets)`` per sample in stored order; targets are float32 arrays
-        ``image_s*`` (N, D), ``text_s*`` (L+1, D), ``text_emb`` (E,) — views into the decoded chunk.
+        ``image_s*`` (N, D), ``text_s*`` (L+1, D) — (P, D), every position, with
+        ``text_pad="align"`` — and ``text_emb`` (E,): views into the decoded chunk; plus
+        ``text_label`` in the table layout (see `iter_chunks`).
         """
-        for keys, block in self.iter_chunks(name):
+        for keys, block in self.iter_chunks(name, text_pad):
             offsets = block.pop("text_offsets", None)
             for i, key in enumerate(keys):
                 sample = {}
@@ -197,7 +243,7 @@ class TeacherStore:
             group = zarr.open_group(where, mode="r")
             shapes = expected_shapes(
                 self.spec.taps, self.spec.dims, self.codec, int(attrs["count"]),
-                int(attrs.get("text_rows", 0)),
+                int(attrs.get("text_rows", 0)), self.spec.text_layout,
             )  # fmt: skip
             problems = array_problems(group, shapes)
         except Exception as err:  # metadata deleted or garbled

@@ -21,13 +21,25 @@ from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.teacher_store.codecs import parse_codec
 from clipocr.pipeline.teacher_store.location import Location
 
-STORE_FORMAT = "clipocr-teacher-store/1"
+STORE_FORMAT = "clipocr-teacher-store/2"
+# Format 1 (before the text table) had only the ragged per-shard text layout; it reads as
+# ``text_layout="ragged"``. Writers only add to stores of the current format.
+FORMAT_1 = "clipocr-teacher-store/1"
+READABLE_FORMATS = (FORMAT_1, STORE_FORMAT)
 MANIFEST_NAME = "manifest.json"
 STAGES_IMAGE = ("image_s1", "image_s2", "image_s3")
 STAGES_TEXT = ("text_s1", "text_s2", "text_s3")
 TEXT_EMB = "text_emb"
 ALL_TAPS = STAGES_IMAGE + STAGES_TEXT + (TEXT_EMB,)
 FORMS = ("normalised", "raw")
+# Where text features live: "table" = once per distinct label in the store's text table, samples
+# hold a reference; "ragged" = L+1 rows per sample in its shard group (format 1's only layout).
+TEXT_LAYOUTS = ("table", "ragged")
+# Decoder positions past EOS: "masked" (this project's default) or "align" (pulled towards CLIP's
+# pad-token features, as the official code does; needs the table, which keeps every position).
+TEXT_PADS = ("masked", "align")
+# The text table's folder at the store root (no shard group can be named so: `check_group_name`).
+TABLE_DIR = "__text_table"
 DEFAULT_CHUNK_SAMPLES = 256
 # Text rows per chunk = chunk_samples × this (mean L+1 is about 7 for MJ/ST words).
 TEXT_ROWS_PER_SAMPLE = 8
@@ -77,6 +89,9 @@ class StoreSpec:
     `preprocessing` whatever the teacher's input pipeline depends on (image size, mean/std,
     pos-embed mode …); `dims` the feature sizes ``image_tokens``, ``image``, ``text``, ``emb``;
     `source` where the teacher came from — recorded, never compared (see the module docstring).
+    `text_layout` and `text_pad`: see `TEXT_LAYOUTS`, `TEXT_PADS`. ``ragged`` is the default of
+    the bare API, which needs no text table written first; ``cache-teacher`` defaults to
+    ``table``.
     """
 
     teacher: dict
@@ -88,12 +103,24 @@ class StoreSpec:
     code_version: str = clipocr.__version__
     taps: tuple[str, ...] = field(default=ALL_TAPS)
     source: dict = field(default_factory=dict)
+    text_layout: str = "ragged"
+    text_pad: str = "masked"
 
     def __post_init__(self) -> None:
         self.taps = tuple(self.taps)
         if self.form not in FORMS:
             raise InputError(f"store form {self.form!r}: expected one of {', '.join(FORMS)}")
         parse_codec(self.codec)
+        if self.text_layout not in TEXT_LAYOUTS or self.text_pad not in TEXT_PADS:
+            raise InputError(
+                f"store text layout {self.text_layout!r} / pad {self.text_pad!r}: expected one "
+                f"of {', '.join(TEXT_LAYOUTS)} / {', '.join(TEXT_PADS)}"
+            )
+        if self.text_pad == "align" and self.text_layout != "table":
+            raise InputError(
+                "--text-pad align needs the text table (--text-layout table): the ragged layout "
+                "keeps only the rows up to EOT"
+            )
         unknown = [t for t in self.taps if t not in ALL_TAPS]
         if unknown or not self.taps:
             raise InputError(f"store taps {list(self.taps)}: each must be one of {ALL_TAPS}")
@@ -115,7 +142,7 @@ class StoreSpec:
         """From `to_dict` output or a whole manifest (extra keys are ignored)."""
         names = (
             "teacher", "preprocessing", "dims", "form", "codec", "charset", "code_version",
-            "source",
+            "source", "text_layout", "text_pad",
         )  # fmt: skip
         kwargs = {k: d[k] for k in names if k in d}
         if "taps" in d:
@@ -133,7 +160,7 @@ def check_group_name(name: str) -> None:
     if (
         not name
         or "/" in name
-        or name.startswith((".", "__"))
+        or name.startswith((".", "__"))  # "__": reserved for TABLE_DIR
         or name in (MANIFEST_NAME, "zarr.json")
     ):
         raise ValueError(f"{name!r} is not a valid shard group name")
@@ -149,6 +176,9 @@ def read_manifest(loc: Location) -> dict:
         manifest = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{where}: not valid JSON ({err})") from None
-    if manifest.get("format") != STORE_FORMAT:
-        raise InputError(f"{where}: format {manifest.get('format')!r}, expected {STORE_FORMAT!r}")
+    if manifest.get("format") not in READABLE_FORMATS:
+        raise InputError(
+            f"{where}: format {manifest.get('format')!r}, expected one of "
+            f"{', '.join(map(repr, READABLE_FORMATS))} (a store from a newer clipocr?)"
+        )
     return manifest

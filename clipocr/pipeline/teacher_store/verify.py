@@ -5,6 +5,9 @@ missing; every array at the shape its counts give with all its chunk files prese
 chunk reads as zeros); every chunk decoded, which checks its CRC32C, and scanned for NaN/Inf;
 and, given the shard folder, the source shard's SHA-256 against the one recorded at caching.
 
+In the ``table`` text layout, also every complete part of the text table (shapes, chunks,
+checksums, NaN/Inf, once each) and every sample's reference into it.
+
 Groups cached before checksums or source digests existed cannot have those checked: they are
 listed (``unchecksummed``, ``unsourced``) and noted in the printed report, not failed, so old
 stores stay usable; everything else is still checked for them.
@@ -26,7 +29,13 @@ from clipocr.pipeline.teacher_store.integrity import (
 )
 from clipocr.pipeline.teacher_store.location import TMP_PREFIX, group_attrs
 from clipocr.pipeline.teacher_store.ownership import is_abandoned
-from clipocr.pipeline.teacher_store.spec import STAGES_TEXT, shard_group_name
+from clipocr.pipeline.teacher_store.spec import (
+    STAGES_IMAGE,
+    STAGES_TEXT,
+    TABLE_DIR,
+    shard_group_name,
+)
+from clipocr.pipeline.teacher_store.text_table import complete_parts
 
 if TYPE_CHECKING:
     from clipocr.pipeline.teacher_store.reader import TeacherStore
@@ -62,10 +71,13 @@ def verify_store(
         for name in expected:
             if name not in groups:
                 problems.append(f"{name}: listed in shards.json but not in the store")
+    parts: dict[int, int] = {}
+    if spec.text_layout == "table":
+        parts = _verify_table(store, problems)
     shards = {}
     for name, attrs in groups.items():
         want = None if expected is None else expected.get(name)
-        rep = _verify_group(store, name, attrs, want)
+        rep = _verify_group(store, name, attrs, want, parts)
         if expected is not None and name not in expected:
             rep["problems"].append("not listed in shards.json")
         if shard_dir is not None and rep["complete"]:
@@ -75,6 +87,8 @@ def verify_store(
     complete = {n: r for n, r in shards.items() if r["complete"]}
     num = sum(r["count"] for r in complete.values())
     total = sum(r["nbytes"] for r in complete.values())
+    table_bytes = store.nbytes(TABLE_DIR) if parts else 0
+    total += table_bytes
     return {
         "ok": not problems,
         "root": store.root,
@@ -84,6 +98,7 @@ def verify_store(
         "num_samples": num,
         "nbytes": total,
         "bytes_per_sample": total / num if num else None,
+        "text_table": {"parts": len(parts), "labels": sum(parts.values()), "nbytes": table_bytes},
         "shards": shards,
         "stale_temporary_groups": stale,
         "temporary_groups_in_progress": in_progress,
@@ -104,7 +119,28 @@ def _check_source(shard_dir: Path, name: str, attrs: dict, rep: dict) -> None:
         rep["problems"].append(f"cached from another source shard: {why}")
 
 
-def _verify_group(store: TeacherStore, name: str, attrs: dict, expected: int | None) -> dict:
+def _verify_table(store: TeacherStore, problems: list[str]) -> dict[int, int]:
+    """Check every complete text-table part once; returns part number → labels."""
+    parts = {n: int(a["count"]) for n, a in complete_parts(store.loc).items()}
+    table = store.text_table(all_rows=store.spec.text_pad == "align")
+    for number in parts:
+        try:
+            part = table.part(number)  # shapes, chunk files, every chunk's CRC32C
+        except Exception as err:
+            problems.append(str(err))
+            continue
+        for tap, (data, scale, chscale) in part.data.items():
+            bad = int(data.size - np.isfinite(store.codec.decode(data, scale, chscale)).sum())
+            if bad:
+                problems.append(f"{TABLE_DIR} part {number}: {tap}: {bad} NaN/Inf values")
+        if len(set(part.labels)) != len(part.labels):
+            problems.append(f"{TABLE_DIR} part {number}: labels: duplicates")
+    return parts
+
+
+def _verify_group(
+    store: TeacherStore, name: str, attrs: dict, expected: int | None, parts: dict[int, int]
+) -> dict:
     rep: dict[str, Any] = {
         "complete": bool(attrs.get("complete")),
         "count": int(attrs.get("count", 0)),
@@ -117,13 +153,15 @@ def _verify_group(store: TeacherStore, name: str, attrs: dict, expected: int | N
         rep["problems"].append("incomplete (writer did not finish)")
         return rep
     try:
-        _check_group(store, name, attrs, rep)
+        _check_group(store, name, attrs, rep, parts)
     except Exception as err:  # any unreadable part is a finding, not a crash
         rep["problems"].append(f"unreadable: {type(err).__name__}: {err}")
     return rep
 
 
-def _check_group(store: TeacherStore, name: str, attrs: dict, rep: dict) -> None:
+def _check_group(
+    store: TeacherStore, name: str, attrs: dict, rep: dict, parts: dict[int, int]
+) -> None:
     probs = rep["problems"]
     count, missing = rep["count"], list(attrs.get("missing", []))
     if rep["expected"] is not None and count + len(missing) != rep["expected"]:
@@ -141,8 +179,15 @@ def _check_group(store: TeacherStore, name: str, attrs: dict, rep: dict) -> None
         probs.append("keys: some are also listed as missing")
     spec, codec = store.spec, store.codec
     rows = int(attrs.get("text_rows", -1))
-    shapes = expected_shapes(spec.taps, spec.dims, codec, count, rows)
-    if any(t in STAGES_TEXT for t in spec.taps):
+    table = spec.text_layout == "table"
+    shapes = expected_shapes(spec.taps, spec.dims, codec, count, rows, spec.text_layout)
+    if "text_ref" in shapes:
+        refs = group["text_ref"][:]
+        limit = np.array([parts.get(int(p), 0) for p in refs[:, 0]], np.int64)
+        if refs.shape != (count, 2) or np.any(refs[:, 1] < 0) or np.any(refs[:, 1] >= limit):
+            readable = False
+            probs.append("text_ref: references rows absent from the text table")
+    if not table and any(t in STAGES_TEXT for t in spec.taps):
         offsets = group["text_offsets"][:]
         if offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != rows:
             readable = False
@@ -158,8 +203,9 @@ def _check_group(store: TeacherStore, name: str, attrs: dict, rep: dict) -> None
     if not readable or layout:
         return
     bad: dict[str, int] = {}
+    scanned = [t for t in spec.taps if t in STAGES_IMAGE] if table else spec.taps  # table: above
     for _, block in store.iter_chunks(name):  # decoding checks every chunk's CRC32C
-        for tap in spec.taps:
+        for tap in scanned:
             n = int(block[tap].size - np.isfinite(block[tap]).sum())
             if n:
                 bad[tap] = bad.get(tap, 0) + n
@@ -176,6 +222,12 @@ def format_verify_report(report: dict) -> str:
         + (f", {bps / 1e3:.1f} KB/sample" if bps else "")
         + f" (codec {report['codec']}, form {report['form']})"
     ]
+    table = report.get("text_table") or {}
+    if table.get("parts"):
+        lines.append(
+            f"text table: {table['labels']} labels in {table['parts']} part(s), "
+            f"{table['nbytes'] / 1e6:.1f} MB (counted in the bytes/sample above)"
+        )
     if report["stale_temporary_groups"]:
         lines.append(
             f"{len(report['stale_temporary_groups'])} leftover temporary group(s) of writers that "

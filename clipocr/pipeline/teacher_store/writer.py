@@ -6,7 +6,7 @@ its ``complete`` attribute is set, so a crash leaves nothing under a visible nam
 (any fsspec URL) have no atomic rename: there the group is written under its final name and the
 ``complete`` attribute, written last, is the visibility criterion — readers ignore any group
 without it, on every kind of storage. Rows are buffered and written a whole chunk at a time
-(`_Appender`).
+into arrays allocated for the count the caller expects (`group_writer`, which also says why).
 
 Overlapping runs (a rerun while a stalled run still writes) must not destroy each other's work:
 each temporary group carries its writer's owner record (`ownership`), and `open_shard` removes
@@ -17,14 +17,21 @@ the shard published and discards its copy. On object stores a live writer's in-p
 unless it is still this writer's and every array holds exactly the rows counted, in chunk files
 all present (`integrity`); on object stores ``overwrite`` deletes the old complete group when the
 new writer opens, not when it commits.
+
+Text layouts (`spec.TEXT_LAYOUTS`): in the ``table`` layout a shard group stores its image taps
+and, per sample, a reference ``text_ref = (part, row)`` into the store's text table, which holds
+the text taps once per distinct label and is written before the shards (`text_table`). The
+writer finds each sample's label in the ``labels`` it is given (key → label, from the shard).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +39,15 @@ import numpy as np
 import zarr
 
 from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.teacher_store import text_table
 from clipocr.pipeline.teacher_store.codecs import CODECS, parse_codec
-from clipocr.pipeline.teacher_store.integrity import (
-    ARRAY_CONFIG,
-    INDEX_COMPRESSOR,
-    array_problems,
-    checksummed,
-    expected_shapes,
-)
-from clipocr.pipeline.teacher_store.location import (
-    Location,
-    group_attrs,
-    tmp_name,
-    tmp_owner,
-)
-from clipocr.pipeline.teacher_store.ownership import OwnerRecord, is_abandoned, read_owner
+from clipocr.pipeline.teacher_store.group_writer import GroupWriter, shared_pool
+from clipocr.pipeline.teacher_store.integrity import INDEX_COMPRESSOR, expected_shapes
+from clipocr.pipeline.teacher_store.location import Location, group_attrs, tmp_name, tmp_owner
+from clipocr.pipeline.teacher_store.ownership import is_abandoned, read_owner
 from clipocr.pipeline.teacher_store.spec import (
     DEFAULT_CHUNK_SAMPLES,
+    FORMAT_1,
     INDEX_CHUNK,
     MANIFEST_NAME,
     STAGES_IMAGE,
@@ -69,15 +68,26 @@ class TeacherStoreWriter:
 
     Create it once in the driver before starting workers: on object stores creating the
     manifest is not atomic, on local paths it is (concurrent creators agree or fail).
+
+    `encode_threads`: taps encoded side by side (default: the cores this process may use, at
+    most 4; 1 = in the calling thread).
     """
 
     def __init__(
-        self, root: str | Path, spec: StoreSpec, chunk_samples: int = DEFAULT_CHUNK_SAMPLES
+        self,
+        root: str | Path,
+        spec: StoreSpec,
+        chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+        encode_threads: int | None = None,
     ) -> None:
         self.loc = Location(root)
         self.spec = spec
         self.codec = parse_codec(spec.codec)
         self.chunk_samples = int(chunk_samples)
+        if encode_threads is None:
+            encode_threads = min(4, len(os.sched_getaffinity(0)))
+        self.encode_threads = max(int(encode_threads), 1)
+        self._index: dict[str, tuple[int, int]] | None = None
         manifest = {
             "format": STORE_FORMAT,
             **spec.to_dict(),
@@ -95,6 +105,12 @@ class TeacherStoreWriter:
             self.manifest = manifest
         else:
             self.manifest = read_manifest(self.loc)
+            if self.manifest["format"] == FORMAT_1:
+                raise InputError(
+                    f"{self.loc.child(MANIFEST_NAME)}: cached by an older clipocr (format 1, "
+                    "text rows per shard); training still reads it, but new shards go into a new "
+                    "store: rerun cache-teacher with another --out"
+                )
             diffs = diff_fields(self.manifest, spec.identity())
             if diffs:
                 raise InputError(
@@ -110,9 +126,28 @@ class TeacherStoreWriter:
         attrs = group_attrs(self.loc, shard_name)
         return bool(attrs and attrs.get("complete"))
 
-    def open_shard(self, shard_name: str, overwrite: bool = False) -> ShardGroupWriter:
+    def pool(self) -> ThreadPoolExecutor | None:
+        """The threads that encode taps side by side (None: encode in the calling thread)."""
+        return shared_pool(self.encode_threads) if self.encode_threads > 1 else None
+
+    def text_index(self, refresh: bool = False) -> dict[str, tuple[int, int]]:
+        """Label → (table part, row) over the store's complete text-table parts."""
+        if self._index is None or refresh:
+            self._index = text_table.label_index(self.loc)
+        return self._index
+
+    def open_shard(
+        self,
+        shard_name: str,
+        overwrite: bool = False,
+        expected: int | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> ShardGroupWriter:
         """A writer for one shard's group. Removes leftovers of writers that are gone (never a
-        live writer's group: see the module docstring)."""
+        live writer's group: see the module docstring).
+
+        `expected`: the shard's sample count (``shards.json``), to allocate arrays once;
+        `labels`: key → label of the shard's samples, needed in the ``table`` text layout."""
         check_group_name(shard_name)
         if self.is_complete(shard_name) and not overwrite:
             raise InputError(f"{self.loc.child(shard_name)}: already complete")
@@ -132,79 +167,35 @@ class TeacherStoreWriter:
                     "stop that run or wait for it"
                 )
             self.loc.remove(shard_name)
-        return ShardGroupWriter(self, shard_name, overwrite)
+        return ShardGroupWriter(self, shard_name, overwrite, expected, labels)
 
 
-class _Appender:
-    """Buffers rows of one growing array and writes them a whole chunk at a time."""
-
-    def __init__(self, array: zarr.Array) -> None:
-        self.array = array
-        self.chunk = array.chunks[0]
-        self.parts: list[np.ndarray] = []
-        self.buffered = 0
-        self.written = 0
-
-    def append(self, rows: np.ndarray) -> None:
-        if len(rows):
-            self.parts.append(rows)
-            self.buffered += len(rows)
-        if self.buffered >= self.chunk:
-            self._flush(final=False)
-
-    def close(self) -> None:
-        self._flush(final=True)
-
-    def _flush(self, final: bool) -> None:
-        if not self.parts:
-            return
-        data = self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
-        n = len(data) if final else len(data) // self.chunk * self.chunk
-        if n:
-            end = self.written + n
-            self.array.resize((end, *self.array.shape[1:]))
-            self.array[self.written : end] = data[:n]
-            self.written = end
-        rest = data[n:]
-        self.parts = [rest] if len(rest) else []
-        self.buffered = len(rest)
-
-
-class ShardGroupWriter:
+class ShardGroupWriter(GroupWriter):
     """Streams one shard's targets into its group; `commit` publishes it, `abort` drops it.
 
     Memory: at most about one chunk (+ the batch being appended) per array.
     """
 
-    def __init__(self, store: TeacherStoreWriter, name: str, overwrite: bool = False) -> None:
-        self.store = store
-        self.name = name
+    def __init__(
+        self,
+        store: TeacherStoreWriter,
+        name: str,
+        overwrite: bool = False,
+        expected: int | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(store, "", name, {"shard": name}, expected)
         self.overwrite = overwrite
-        self.codec = store.codec
         self.taps = store.spec.taps
         self.dims = store.spec.dims
-        loc = store.loc
-        self.owner = OwnerRecord.mine(uuid.uuid4().hex)
-        self._dir = tmp_name(self.owner.id, name) if loc.local else name
-        self.group = zarr.open_group(
-            loc.child(self._dir),
-            mode="w",
-            zarr_format=3,
-            attributes={
-                "format": STORE_FORMAT,
-                "shard": name,
-                "codec": self.codec.name,
-                "chunk_samples": store.chunk_samples,
-                "complete": False,
-                **self.owner.as_attrs(),
-            },
-        )
-        self.count = 0
+        self.layout = store.spec.text_layout
+        table = self.layout == "table"
+        self.group_taps = tuple(t for t in self.taps if t in STAGES_IMAGE) if table else self.taps
+        self.refs = table and len(self.group_taps) < len(self.taps)
+        if self.refs and labels is None:
+            raise ValueError(f"{name}: the table text layout needs the shard's labels")
+        self.labels = labels
         self.text_rows = 0
-        self._done = False
-        self._calibrated = False
-        self._chscale: dict[str, np.ndarray | None] = {}
-        self._app: dict[str, _Appender] = {}
         self._make_arrays()
 
     # -- layout ------------------------------------------------------------------------------
@@ -213,34 +204,29 @@ class ShardGroupWriter:
             return (self.dims["image_tokens"], self.dims["image"])
         return (self.dims["text"],) if tap in STAGES_TEXT else (self.dims["emb"],)
 
-    def _new(self, name: str, shape: tuple[int, ...], chunk: int, dtype: Any, comp: Any) -> None:
-        arr = self.group.create_array(
-            name,
-            shape=(0, *shape),
-            chunks=(chunk, *shape),
-            dtype=dtype,
-            fill_value="" if dtype is str else 0,
-            compressors=checksummed(comp),
-            config=ARRAY_CONFIG,
-        )
-        self._app[name] = _Appender(arr)
-
     def _make_arrays(self) -> None:
         cs = self.store.chunk_samples
-        self._new("keys", (), INDEX_CHUNK, str, INDEX_COMPRESSOR)
-        if any(t in STAGES_TEXT for t in self.taps):
-            self._new("text_offsets", (), INDEX_CHUNK, np.int64, INDEX_COMPRESSOR)
+        n = self.expected if self.expected is not None else cs
+        self.new_array("keys", (), INDEX_CHUNK, str, INDEX_COMPRESSOR, max(n, 1))
+        if self.refs:
+            self.new_array("text_ref", (2,), INDEX_CHUNK, np.int32, INDEX_COMPRESSOR, max(n, 1))
+        if any(t in STAGES_TEXT for t in self.group_taps):
+            self.new_array("text_offsets", (), INDEX_CHUNK, np.int64, INDEX_COMPRESSOR, n + 1)
             self._app["text_offsets"].append(np.zeros(1, np.int64))
-        for tap in self.taps:
-            chunk = cs * TEXT_ROWS_PER_SAMPLE if tap in STAGES_TEXT else cs
-            row = self._row_shape(tap)
-            self._new(tap, row, chunk, self.codec.dtype, self.codec.compressor())
-            if self.codec.has_scale:
-                self._new(f"{tap}_scale", row[:-1], chunk, np.float32, self.codec.compressor())
+        for tap in self.group_taps:
+            per = TEXT_ROWS_PER_SAMPLE if tap in STAGES_TEXT else 1  # ragged text: rows/sample
+            self.new_tap(tap, self._row_shape(tap), cs * per, n * per)
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        return expected_shapes(
+            self.taps, self.dims, self.codec, self.count, self.text_rows, self.layout
+        )
 
     # -- writing -----------------------------------------------------------------------------
     def _rows(self, tap: str, feats: dict, b: int) -> np.ndarray:
-        x = np.asarray(feats[tap], dtype=np.float32)
+        x = np.asarray(feats[tap])
+        if x.dtype not in (np.float16, np.float32):
+            x = x.astype(self.codec.input_dtype)
         if tap in STAGES_TEXT:
             lengths = feats["_lengths"]
             if x.ndim != 3 or x.shape[0] != b or x.shape[2] != self.dims["text"]:
@@ -255,68 +241,62 @@ class ShardGroupWriter:
             raise ValueError(f"{tap}: shape {x.shape}, expected {want}")
         return x
 
-    def append(self, keys: list[str], feats: dict[str, np.ndarray]) -> None:
-        """Add a batch: ``keys`` (b,) and float features per tap (see the module docstring).
+    def _text_refs(self, keys: list[str]) -> np.ndarray:
+        index = self.store.text_index()
+        refs = np.empty((len(keys), 2), np.int32)
+        for i, key in enumerate(keys):
+            label = self.labels.get(key)
+            if label is None:
+                raise ValueError(f"{self.name}: no label given for sample {key}")
+            ref = index.get(label)
+            if ref is None:
+                index = self.store.text_index(refresh=True)  # a part published since
+                ref = index.get(label)
+            if ref is None:
+                raise InputError(
+                    f"{self.store.loc.child(self.name)}: label {label!r} of {key} is not in the "
+                    "store's text table; run cache-teacher (it fills the table first)"
+                )
+            refs[i] = ref
+        return refs
 
-        Text stages come padded (b, Lmax+1, D) with ``feats["text_lengths"]`` (b,) = L+1; only
-        the valid rows are stored. Inputs must be CPU arrays (torch: ``.float().cpu().numpy()``).
+    def append(self, keys: list[str], feats: dict[str, np.ndarray]) -> None:
+        """Add a batch: ``keys`` (b,) and features per tap (see the module docstring), float16
+        or float32 (float16 is stored as it came by the lossless codec).
+
+        Ragged layout: text stages come padded (b, Lmax+1, D) with ``feats["text_lengths"]``
+        (b,) = L+1; only the valid rows are stored. Table layout: only the image taps (text
+        comes from the table). Inputs must be CPU arrays (torch: ``.cpu().numpy()``).
         """
         if self._done:
             raise RuntimeError(f"{self.name}: append after commit/abort")
         b = len(keys)
-        unknown = set(feats) - set(self.taps) - {"text_lengths"}
-        absent = set(self.taps) - set(feats)
+        unknown = set(feats) - set(self.group_taps) - {"text_lengths"}
+        absent = set(self.group_taps) - set(feats)
         if unknown or absent:
-            raise ValueError(f"{self.name}: feats keys {sorted(feats)} ≠ taps {list(self.taps)}")
+            raise ValueError(
+                f"{self.name}: feats keys {sorted(feats)} ≠ taps {list(self.group_taps)}"
+            )
         feats = dict(feats)
-        has_text = any(t in STAGES_TEXT for t in self.taps)
+        has_text = any(t in STAGES_TEXT for t in self.group_taps)
         if has_text:
             lengths = np.asarray(feats["text_lengths"], dtype=np.int64).reshape(-1)
             if lengths.shape != (b,) or (b and lengths.min() < 1):
                 raise ValueError(f"{self.name}: text_lengths must be (b,) ints >= 1")
             feats["_lengths"] = lengths
-        rows = {tap: self._rows(tap, feats, b) for tap in self.taps}
+        rows = {tap: self._rows(tap, feats, b) for tap in self.group_taps}
         if not b:
             return
-        self.owner.beat_if_due(self.group)
-        if not self._calibrated:
-            self._calibrate(rows)
-        for tap, x in rows.items():
-            bad = x.size - int(np.isfinite(x).sum())
-            if bad:
-                log.warning(
-                    "%s: %s has %d non-finite values in batch at %d",
-                    self.name,
-                    tap,
-                    bad,
-                    self.count,
-                )
-            data, scale = self.codec.encode(x, self._chscale[tap])
-            self._app[tap].append(data)
-            if scale is not None:
-                self._app[f"{tap}_scale"].append(scale)
+        refs = self._text_refs(keys) if self.refs else None
+        self.write_taps(rows, self.count)
         self._app["keys"].append(np.asarray([str(k) for k in keys], dtype=str))
+        if refs is not None:
+            self._app["text_ref"].append(refs)
         if has_text:
             ends = self.text_rows + np.cumsum(feats["_lengths"])
             self._app["text_offsets"].append(ends)
             self.text_rows = int(ends[-1])
         self.count += b
-
-    def _calibrate(self, rows: dict[str, np.ndarray]) -> None:
-        """Fix the shard's per-channel scales from its first batch (int "-channel" codecs)."""
-        for tap, x in rows.items():
-            scale = self.codec.calibrate(x)
-            self._chscale[tap] = scale
-            if scale is not None:
-                arr = self.group.create_array(
-                    f"{tap}_chscale",
-                    shape=scale.shape,
-                    dtype=np.float32,
-                    compressors=checksummed(),
-                    config=ARRAY_CONFIG,
-                )
-                arr[:] = scale
-        self._calibrated = True
 
     def commit(self, missing: Iterable[str] = (), source: dict | None = None) -> int:
         """Flush, check, mark complete and publish the group; ``missing`` = keys the teacher
@@ -325,37 +305,13 @@ class ShardGroupWriter:
         Returns the number of samples stored. Publishes nothing and raises RuntimeError when the
         group on storage is no longer this writer's or does not hold what it counted.
         """
-        if self._done:
-            raise RuntimeError(f"{self.name}: already committed or aborted")
-        for app in self._app.values():
-            app.close()
-        self._check_before_publish()
-        attrs = {"count": self.count, "text_rows": self.text_rows, "missing": [*map(str, missing)]}
+        attrs: dict[str, Any] = {"text_rows": self.text_rows, "missing": [*map(str, missing)]}
         if source is not None:
             attrs["source"] = source
-        self.group.attrs.update(attrs)
-        self.group.attrs["complete"] = True  # written last: the object-store visibility flag
-        if self.store.loc.local:
-            self._publish()
-        self._done = True
+        self.finish(attrs)
         return self.count
 
-    def _check_before_publish(self) -> None:
-        loc = self.store.loc
-        owner = read_owner(loc, self._dir)
-        if owner is None or owner.id != self.owner.id:
-            problems = ["its group was removed or taken over by another writer meanwhile"]
-        else:
-            group = zarr.open_group(loc.child(self._dir), mode="r")
-            shapes = expected_shapes(self.taps, self.dims, self.codec, self.count, self.text_rows)
-            problems = array_problems(group, shapes)
-        if problems:
-            self._done = True
-            if loc.local or (owner is not None and owner.id == self.owner.id):
-                loc.remove(self._dir)  # ours alone (a temporary name holds this writer's id)
-            raise RuntimeError(f"{loc.child(self.name)}: not published: {'; '.join(problems)}")
-
-    def _publish(self) -> None:
+    def publish(self) -> None:
         """Rename the temporary group into place (exclusive unless `overwrite`)."""
         loc = self.store.loc
         if self.overwrite and loc.exists(self.name):
@@ -372,17 +328,5 @@ class ShardGroupWriter:
             log.warning("%s: published meanwhile by another writer; copy dropped", self.name)
             loc.remove(self._dir)
 
-    def abort(self) -> None:
-        """Drop everything written so far (nothing becomes visible)."""
-        if not self._done:
-            self._done = True
-            self.store.loc.remove(self._dir)
-
     def __enter__(self) -> ShardGroupWriter:
         return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if not self._done:
-            if exc_type is None:
-                log.warning("%s: closed without commit(); discarding it", self.name)
-            self.abort()

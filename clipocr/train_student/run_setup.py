@@ -1,0 +1,80 @@
+"""What a training run settles before its first step: its place in a DDP job, its device and
+CPU threads, the teacher store it may train from, and how a DataLoader worker's error reads."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import torch
+
+from clipocr.pipeline.charset import Charset
+from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.preprocess import IMG_H, IMG_W
+from clipocr.pipeline.teacher_store import TeacherStore
+from clipocr.pipeline.threads import cpu_threads
+from clipocr.train_student.config import TrainConfig
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment, or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def set_cpu_threads(cfg: TrainConfig) -> None:
+    """Intra-op threads that leave a core to each DataLoader worker (and share the host between
+    the DDP ranks on it), so the math and the decoding do not take turns on the same cores."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cpu_threads(cfg.workers, cfg.threads, ranks_here).intra_op)
+
+
+def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda":  # one process per GPU under torchrun
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(cfg.device)
+
+
+def open_store(cfg: TrainConfig, charset: Charset) -> TeacherStore:
+    """The teacher store, refused unless its manifest fits what this run trains with.
+
+    The ``normalised`` storage form keeps `text_emb` unit-length, exact for LCL (which
+    L2-normalises its rows) but not for plain L1, whose GAM term compares raw vectors; the image
+    and text terms compare LayerNormed rows, which the normalised form leaves (nearly) unchanged.
+    """
+    store = TeacherStore(cfg.teacher_store)
+    store.check_compatible(
+        {"charset": charset.name, "preprocessing": {"image_size": [IMG_H, IMG_W]}}
+    )
+    store.check_sources(cfg.shards)  # cached from these very shard files (quick digest)
+    heads = cfg.heads
+    if heads.loss_type == "l1" and heads.use_gam and store.spec.form == "normalised":
+        raise InputError(
+            f"{store.root}: --loss-type l1 compares GAM with the text embedding as stored, and "
+            "this store keeps it unit-length (form normalised); re-cache with "
+            "`clipocr cache-teacher --form raw` (or train with --no-gam)"
+        )
+    return store
+
+
+def unwrap_worker_error(err: Exception) -> Exception:
+    """The InputError a DataLoader worker raised, as its own one-line message.
+
+    torch re-raises a worker's exception in the main process as the same class with the whole
+    worker traceback as its message ("Caught InputError in DataLoader worker process 0 …");
+    the user should read what was wrong with their input, the traceback's last line.
+    """
+    text = str(err)
+    if not text.startswith(f"Caught {InputError.__name__} in DataLoader worker"):
+        return err
+    own = text.rpartition(f"{InputError.__module__}.{InputError.__qualname__}: ")[2]
+    return InputError(own.strip())
+
+
+def batch_seed(seed: int, epoch: int, batch: dict) -> int:
+    """The device augmentation's seed for `batch`: a function of the run's seed, the epoch and
+    the batch's first key (each key is in one batch per epoch and rank), so a resumed run
+    augments a replayed batch exactly as the uninterrupted run did."""
+    return zlib.crc32(f"{seed}/{epoch}/{batch['keys'][0]}".encode())
