@@ -34,12 +34,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output[-2000:]
     images = root / "images"
+    return root / "run" / "student.safetensors", images, as_image_files(root / "lmdb", images)
+
+
+def as_image_files(lmdb: Path, images: Path) -> list[str]:
+    """Write each record of `lmdb` to `images/NNN.jpg`; return the labels in file order."""
     images.mkdir()
     labels = []
-    for i, data, label in LmdbReader(root / "lmdb").iter_raw():
+    for i, data, label in LmdbReader(lmdb).iter_raw():
         (images / f"{i:03d}.jpg").write_bytes(data)
         labels.append(label)
-    return root / "run" / "student.safetensors", images, labels
+    return labels
 
 
 def test_a_trained_student_reads_its_training_words_back(trained) -> None:
@@ -86,11 +91,7 @@ def test_without_a_checkpoint_the_bundled_student_reads_unseen_rendered_words(tm
         tmp_path / "lmdb", num=WORDS, seed=7, charset=Charset.from_name("36"), style="clean"
     )
     images = tmp_path / "images"
-    images.mkdir()
-    labels = []
-    for i, data, label in LmdbReader(tmp_path / "lmdb").iter_raw():
-        (images / f"{i:03d}.jpg").write_bytes(data)
-        labels.append(label)
+    labels = as_image_files(tmp_path / "lmdb", images)
     result = CliRunner().invoke(app, ["read", str(images), "--json", "--threads", "1"])
     assert result.exit_code == 0, result.output[-2000:]
     readings = [json.loads(line) for line in result.stdout.splitlines()]
