@@ -262,9 +262,14 @@ def test_a_cpu_task_leaves_the_decode_workers_their_cores(shards, tiny_teacher, 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
-        job = CacheJob(str(shards), str(tmp_path / "a"), tiny_teacher,
-                       RunnerConfig(batch_size=4, workers=1), device="cpu",
-                       text_layout="ragged")  # fmt: skip  (no text table to fill first)
+        job = CacheJob(
+            str(shards),
+            str(tmp_path / "a"),
+            tiny_teacher,
+            RunnerConfig(batch_size=4, workers=1),
+            device="cpu",
+            text_layout="ragged",
+        )  # fmt: skip  (no text table to fill first)
         run_shard(job, str(shard_paths(shards)[0]))
         assert torch.get_num_threads() == 2
         job.threads = 1
