@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from clipocr.cache_teacher.runner import RunnerConfig, cache_shard
@@ -99,3 +100,17 @@ def median(values: list[float]) -> float:
     s = sorted(values)
     n = len(s)
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process, its live descendants and its reaped children."""
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in me.children(recursive=True):
+        try:
+            c = child.cpu_times()
+        except psutil.NoSuchProcess:  # ended (and will be counted once reaped) meanwhile
+            continue
+        total += c.user + c.system + c.children_user + c.children_system
+    return total

@@ -52,7 +52,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import psutil
 import torch
 import zarr
 from _common import (
@@ -64,6 +63,7 @@ from _common import (
     make_shards,
     setup_torch,
     sync,
+    tree_cpu_seconds,
 )
 
 from clipocr.cache_teacher.label_table import shard_labels, write_text_table
@@ -249,20 +249,6 @@ def run_teacher(
 
 # ------------------------------------------------------------------------------------------------
 # the null teacher: the pipeline's capacity on P processes
-
-
-def tree_cpu_seconds() -> float:
-    """CPU seconds used so far by this process, its live descendants and its reaped children."""
-    me = psutil.Process()
-    t = me.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system
-    for child in me.children(recursive=True):
-        try:
-            c = child.cpu_times()
-        except psutil.NoSuchProcess:  # ended (and will be counted once reaped) meanwhile
-            continue
-        total += c.user + c.system + c.children_user + c.children_system
-    return total
 
 
 def _capacity_worker(

@@ -37,7 +37,7 @@ import _reader_before as before
 import numpy as np
 import psutil
 import torch
-from _common import load_line
+from _common import load_line, tree_cpu_seconds
 from PIL import Image
 
 from clipocr.cache_teacher.decode_pool import DecodePool
@@ -47,26 +47,13 @@ from clipocr.pipeline.shards import ShardReader, iter_shard_raw, prepare_shards,
 from clipocr.pipeline.synth import render_lmdb
 
 
-def tree_cpu() -> float:
-    """CPU seconds of this process, its live children and its reaped children."""
-    me = psutil.Process()
-    t = me.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system
-    for child in me.children(recursive=True):
-        try:
-            c = child.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += c.user + c.system
-    return total
-
-
 def timed(fn) -> dict:
     """Run `fn` (returns a sample count, maybe with extras); wall, tree-CPU and own-CPU rates."""
-    load0, wall0, cpu0, own0 = load_line(), time.perf_counter(), tree_cpu(), time.process_time()
+    load0, wall0 = load_line(), time.perf_counter()
+    cpu0, own0 = tree_cpu_seconds(), time.process_time()
     result = fn()
     n, extra = result if isinstance(result, tuple) else (result, {})
-    wall, cpu = time.perf_counter() - wall0, tree_cpu() - cpu0
+    wall, cpu = time.perf_counter() - wall0, tree_cpu_seconds() - cpu0
     own = time.process_time() - own0
     return {"samples": n, "per_s": n / wall, "per_cpu_s": n / cpu, "own_cpu_us": 1e6 * own / n,
             "load": f"{load0} → {load_line()}", **extra}  # fmt: skip
