@@ -57,6 +57,15 @@ def _arrays(store: Path) -> dict:
     return {k: f for name in sorted(s.shards()) for k, f in s.iter_shard(name)}
 
 
+def _assert_same_stores(a: Path, b: Path) -> None:
+    """Same keys in the same order, every tap of every sample equal."""
+    one, two = _arrays(a), _arrays(b)
+    assert list(one) == list(two)
+    for key in one:
+        for tap in one[key]:
+            np.testing.assert_array_equal(one[key][tap], two[key][tap])
+
+
 def test_store_holds_the_teachers_features(shards, tiny_teacher, tmp_path) -> None:
     out = tmp_path / "store"
     summary = run_cache(_job(shards, out, tiny_teacher), dask_workers=1, processes=False,
@@ -89,11 +98,7 @@ def test_two_dask_workers_make_the_same_store(shards, tiny_teacher, tmp_path) ->
               progress=False)  # fmt: skip
     run_cache(_job(shards, tmp_path / "two", tiny_teacher), dask_workers=2, processes=False,
               progress=False)  # fmt: skip
-    one, two = _arrays(tmp_path / "one"), _arrays(tmp_path / "two")
-    assert list(one) == list(two)
-    for key in one:
-        for tap in one[key]:
-            np.testing.assert_array_equal(one[key][tap], two[key][tap])
+    _assert_same_stores(tmp_path / "one", tmp_path / "two")
 
 
 def test_interrupted_shard_stays_invisible_and_rerun_completes(
@@ -364,8 +369,4 @@ def test_one_decode_pool_serves_every_shard_of_a_runner(shards, tiny_teacher, tm
     assert [len(pids) for pids in started] == [2]  # one pool of two workers for three shards
     run_cache(_job(shards, tmp_path / "inline", tiny_teacher), dask_workers=1, processes=False,
               progress=False)  # fmt: skip
-    pooled, inline = _arrays(tmp_path / "pool"), _arrays(tmp_path / "inline")
-    assert list(pooled) == list(inline)
-    for key in pooled:
-        for tap in pooled[key]:
-            np.testing.assert_array_equal(pooled[key][tap], inline[key][tap])
+    _assert_same_stores(tmp_path / "pool", tmp_path / "inline")
