@@ -113,3 +113,79 @@ def test_unknown_charset() -> None:
     for kind in (ValueError, InputError):
         with pytest.raises(kind, match="unknown charset"):
             Charset.from_name("99")
+
+
+# -- custom alphabets (issue 21) --------------------------------------------------------------
+GERMAN = "0123456789abcdefghijklmnopqrstuvwxyzäöüß"
+
+
+def test_charset_file_one_symbol_per_line_or_one_line(tmp_path) -> None:
+    lines = tmp_path / "de.txt"
+    # BOM, CRLF, blank lines and a decomposed "a" + combining diaeresis (NFC → "ä")
+    text = "\ufeff" + "\r\n".join([*GERMAN[:36], "a\u0308", "", " ö ", "ü", "ß"]) + "\r\n"
+    lines.write_text(text, encoding="utf-8")
+    one_line = tmp_path / "de-line.txt"
+    one_line.write_text(GERMAN + "\n", encoding="utf-8")
+    for spec in (lines, one_line, GERMAN):
+        cs = Charset.from_spec(str(spec))
+        assert (cs.name, cs.chars, cs.is_custom) == (GERMAN, GERMAN, True)
+        # The recorded name rebuilds it anywhere, without the file.
+        assert Charset.from_name(cs.name) == cs
+    assert "custom charset of 40 symbols" in Charset.from_spec(GERMAN).describe()
+
+
+def test_a_file_listing_an_ascii_set_is_that_set(tmp_path) -> None:
+    path = tmp_path / "lower.txt"
+    path.write_text("\n".join(reversed(CS36.chars)))
+    assert Charset.from_spec(str(path)) == CS36 and not CS36.is_custom
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("37", "unknown charset '37'"), ("charsets/de.txt", "no such charset file"),
+     ("alphabet/de", "symbols listed twice"), ("ab c", "whitespace cannot be a symbol"),
+     ("a", "at least 2 symbols")],
+)  # fmt: skip
+def test_bad_charset_specs_are_one_line(spec: str, message: str) -> None:
+    from clipocr.pipeline.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        Charset.from_spec(spec)
+
+
+def test_bad_charset_files_name_file_and_line(tmp_path) -> None:
+    from clipocr.pipeline.errors import InputError
+
+    path = tmp_path / "bad.txt"
+    path.write_text("a\nb\nch\n")
+    with pytest.raises(InputError, match=r"bad.txt:3: 'ch' is not one symbol"):
+        Charset.from_spec(str(path))
+    path.write_bytes(b"a\nb\n\xe9\n")
+    with pytest.raises(InputError, match="not UTF-8"):
+        Charset.from_spec(str(path))
+    with pytest.raises(InputError, match="a folder, not a charset file"):
+        Charset.from_spec(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("Äpfel", "äpfel"),  # kept in Unicode, case-folded (no upper case in the set)
+     ("STRAßE!", "straße"),  # outside symbols removed as for the ASCII sets
+     ("a\u0308rger", "ärger"),  # NFC: decomposed input matches the precomposed symbol
+     ("café", "caf"),  # no ASCII folding: é is not in this set
+     ("Grüße aus Köln", "grüßeausköln")],
+)  # fmt: skip
+def test_custom_labels_keep_unicode(raw: str, expected: str) -> None:
+    assert Charset.from_spec(GERMAN).prepare(raw) == expected
+
+
+def test_custom_label_length_is_measured_in_nfc() -> None:
+    cs = Charset.from_spec(GERMAN)
+    assert cs.prepare("a\u0308" * 25) == "ä" * 25  # 50 code points as stored, 25 symbols
+    with pytest.raises(LabelRejected) as err:
+        cs.prepare("ä" * 26)
+    assert err.value.reason == REASON_TOO_LONG
+    with pytest.raises(LabelRejected) as err:
+        cs.prepare("日本語")
+    assert err.value.reason == REASON_EMPTY
+    assert cs.decode(cs.encode("äöüß")) == "äöüß"

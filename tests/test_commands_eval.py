@@ -61,6 +61,14 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch, *args: object) -> tuple
     return run_console(main, "clipocr-eval", capsys, monkeypatch, *args)
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """`clipocr-eval` sets torch's CPU threads for the process: give the next test its own."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def test_table_json_and_predictions_agree(checkpoint, root, tmp_path, capsys, monkeypatch):
     js, tsv, png = tmp_path / "r.json", tmp_path / "p.tsv", tmp_path / "g.png"
     code, out, err = run(
@@ -145,7 +153,7 @@ def test_charset_94_adds_raw_accuracy(checkpoint, root, tmp_path, capsys, monkey
 @pytest.mark.parametrize(
     ("setup", "message"),
     [("garbage_ckpt", "not a clipocr student checkpoint"),
-     ("empty_root", "no LMDB (a folder with data.mdb) found"),
+     ("empty_root", "no LMDB (a folder with data.mdb) or image folder with labels.tsv found"),
      ("broken_lmdb", "cannot open LMDB"),
      ("no_ckpt", "no such checkpoint file")],
 )  # fmt: skip
@@ -180,3 +188,126 @@ def test_evaluation_never_imports_the_teacher() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _speed_threads(out: str) -> int:
+    m = re.search(r"speed \(cpu, (\d+) threads?, greedy decoding\)", out)
+    assert m, out
+    return int(m[1])
+
+
+def test_threads_option_sets_the_threads_it_reports(checkpoint, root, capsys, monkeypatch):
+    """Issue 23: ``--threads 1`` was accepted and ignored (the speed line said 2 threads)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    # Two threads on a shared 2-core machine make the timing crawl: that run skips it.
+    args = (checkpoint, "--data", root, "--datasets", "CUTE80", "--batch-size", 2)
+    code, out, err = run(capsys, monkeypatch, *args, "--threads", 2, "--no-speed")
+    assert code == 0 and torch.get_num_threads() == 2, err
+    code, out, err = run(capsys, monkeypatch, *args, "--threads", 1)
+    assert code == 0, err
+    assert torch.get_num_threads() == 1 and _speed_threads(out) == 1 and "1 thread," in out
+    code, _, err = run(capsys, monkeypatch, checkpoint, "--data", root, "--threads", 0)
+    assert code == 2 and "--threads 0" in err and err.count("\n") == 1
+
+
+def test_a_set_whose_labels_are_all_dropped_says_why(checkpoint, tmp_path, capsys, monkeypatch):
+    """Issue 23: 200-character and all-Chinese labels gave rows of 0 samples and no reason."""
+    data = tmp_path / "data"
+    write_lmdb(data / "long", [(text_image("x"), "a" * 200)] * 3)
+    write_lmdb(data / "chinese", [(text_image("x"), "中文"), (text_image("y"), "日本語")])
+    write_lmdb(data / "fine", [(text_image("cat"), "cat")])
+    js = tmp_path / "r.json"
+    code, out, err = run(capsys, monkeypatch, checkpoint, "--data", data, "--no-speed",
+                         "--json", js)  # fmt: skip
+    assert code == 0, err
+    assert re.search(r"^long\s+0 .*\(all 3 labels dropped: 3 longer than 25 characters, e\.g\. "
+                     r"'a{20}\.\.\.' \(200 chars\)\)$", out, re.M), out  # fmt: skip
+    assert re.search(r"^chinese\s+0 .*\(all 2 labels dropped: 2 with no symbol of the charset, "
+                     r"e\.g\. '中文'\)$", out, re.M), out  # fmt: skip
+    assert re.search(r"^fine\s+1\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M), out
+    rows = {r["name"]: r for r in json.loads(js.read_text())["results"]["36"]["datasets"]}
+    assert rows["long"]["dropped_reasons"] == {"too_long": 3}
+    assert rows["chinese"]["dropped_reasons"] == {"empty": 2}
+
+
+def test_a_negative_sample_count_is_bad_input(checkpoint, tmp_path, capsys, monkeypatch):
+    """Issue 23: ``num-samples`` −5 over 10 records was 0 samples and exit 0."""
+    import lmdb
+
+    db = write_lmdb(tmp_path / "data" / "IIIT5k", [(text_image(w), w) for w in WORDS[:5]] * 2)
+    env = lmdb.open(str(db))
+    with env.begin(write=True) as txn:
+        txn.put(b"num-samples", b"-5")
+    env.close()
+    code, out, err = run(capsys, monkeypatch, checkpoint, "--data", tmp_path / "data", "--no-speed")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "'num-samples' is -5, but the LMDB holds 21 keys" in err
+
+
+def test_own_test_set_as_a_folder_or_its_lmdb(checkpoint, tmp_path, capsys, monkeypatch):
+    """Issue 21: rendered words (`clipocr synth`) as a labelled image folder are scored by
+    `clipocr-eval --data FOLDER`, and `clipocr lmdb FOLDER OUT` turns the folder into the
+    community LMDB that scores the same, sample by sample."""
+    from clipocr.commands.app import main as clipocr
+    from clipocr.pipeline.lmdb_io import LmdbReader
+
+    def cli(*args: object) -> str:
+        code, out, err = run_console(clipocr, "clipocr", capsys, monkeypatch, *args)
+        assert code == 0, err
+        return out
+
+    cli("synth", "--out", tmp_path / "rendered", "--num", 12, "--seed", 3)
+    folder = tmp_path / "mine" / "signs"
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for index, data, label in LmdbReader(tmp_path / "rendered").iter_raw():
+        (folder / "img" / f"{index}.jpg").write_bytes(data)
+        rows.append(f"img/{index}.jpg\t{label}\n")
+    (folder / "labels.tsv").write_text("".join(rows + rows[:2]))  # two duplicate rows
+    assert "wrote 12 samples to" in cli("lmdb", folder, tmp_path / "shared" / "signs")
+    tables = []
+    for data in (tmp_path / "mine", tmp_path / "shared"):
+        tsv = tmp_path / f"{data.name}.tsv"
+        code, out, err = run(capsys, monkeypatch, checkpoint, "--data", data, "--no-speed",
+                             "--predictions", tsv)  # fmt: skip
+        assert code == 0, err
+        assert re.search(r"^signs\s+12\s", out, re.M), out
+        tables.append((out.split("\n", 1)[1].split("\nwrote ")[0], tsv.read_text()))
+    assert tables[0] == tables[1]  # same table and predictions, key by key
+
+
+def test_a_custom_alphabet_end_to_end(tmp_path, capsys, monkeypatch):
+    """Issue 21: ``--charset FILE`` with German letters through synth (faces covering them,
+    words from the German lexicon) → prepare → train → clipocr-eval, labels kept in Unicode."""
+    from clipocr.commands.app import main as clipocr
+    from clipocr.pipeline.lmdb_io import LmdbReader
+
+    def cli(*args: object) -> str:
+        code, out, err = run_console(clipocr, "clipocr", capsys, monkeypatch, *args)
+        assert code == 0, err
+        return out
+
+    german = "0123456789abcdefghijklmnopqrstuvwxyzäöüß"
+    charset = tmp_path / "de.txt"
+    charset.write_text("\n".join(german) + "\n")
+    words = tmp_path / "data" / "words_de"
+    out = cli("synth", "--out", words, "--num", 24, "--seed", 1, "--charset", charset,
+              "--shards", tmp_path / "shards")  # fmt: skip
+    assert "custom charset of 40 symbols" in out
+    meta = json.loads((words / "synth.json").read_text())
+    assert meta["fonts"] and meta["charset"] == german and "wordfreq de" in meta["lexicon"]
+    labels = [label for _, _, label in LmdbReader(words).iter_raw()]
+    assert any(set(label.lower()) & set("äöüß") for label in labels), labels
+    cli("train", "--shards", tmp_path / "shards", "--out", tmp_path / "run", "--preset", "test",
+        "--charset", charset, "--no-distill", "--max-steps", 2, "--batch-size", 8,
+        "--workers", 0, "--threads", 1)  # fmt: skip
+    tsv = tmp_path / "p.tsv"
+    code, out, err = run(capsys, monkeypatch, tmp_path / "run" / "student.safetensors", "--data",
+                         tmp_path / "data", "--no-speed", "--predictions", tsv)  # fmt: skip
+    assert code == 0, err
+    assert f"== custom charset of 40 symbols ({german})" in out and "36-symbol" not in out
+    assert re.search(r"^words_de\s+24\s", out, re.M), out
+    with tsv.open() as f:
+        scored = list(csv.DictReader(f, delimiter="\t"))
+    assert [row["label"] for row in scored] == [label.lower() for label in labels]
+    assert {row["charset"] for row in scored} == {german}

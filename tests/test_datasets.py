@@ -104,6 +104,25 @@ def test_same_benchmark_twice_is_an_error_and_unknown_twins_get_paths(tmp_path: 
     assert [d.name for d in discover_lmdbs(tmp_path)] == ["a/words", "b/words"]
     tiny_lmdb(tmp_path / "test" / "IIIT5k", ["a"])
     tiny_lmdb(tmp_path / "val" / "IIIT5k_3000", ["a"])
-    with pytest.raises(InputError, match="two LMDBs are both IIIT5k"):
+    with pytest.raises(InputError, match="two test sets are both IIIT5k"):
         discover_lmdbs(tmp_path)
     assert [d.name for d in discover_lmdbs(tmp_path, ["test/IIIT5k"])] == ["IIIT5k"]
+
+
+def test_labelled_image_folders_are_test_sets_too(tree: Path) -> None:
+    """A user's own test set as ``prepare --folder`` reads it; `discover_lmdbs` (the peers'
+    benchmark) stays LMDB-only."""
+    from clipocr.evaluate.datasets import discover_datasets, open_test_set
+
+    mine = tree / "mine" / "receipts"
+    (mine / "img").mkdir(parents=True)
+    (mine / "img" / "0.png").write_bytes(IMG)
+    (mine / "labels.tsv").write_text("img/0.png\tabc\n")
+    assert "receipts" not in {d.name for d in discover_lmdbs(tree)}
+    tiny_lmdb(mine / "img" / "nested" / "IIIT5k", ["a"])  # not searched below a labelled folder
+    found = {d.name: d for d in discover_datasets(tree)}
+    assert "receipts" in found and found["receipts"].group == GROUP_OTHER
+    assert found["IIIT5k"].path == tree / "evaluation" / "IIIT5k_3000"
+    source = open_test_set(found["receipts"])
+    assert [(n, label) for n, _, label in source.iter_raw(skip_bad=False)] == [(1, "abc")]
+    assert [d.name for d in discover_datasets(mine)] == ["receipts"]  # --data at the folder

@@ -114,3 +114,34 @@ def test_damaged_page_is_one_line_naming_the_key(tmp_path: Path) -> None:
     data.write_bytes(bytes(raw))
     with pytest.raises(InputError, match=r"db: LMDB corrupted at key \w+-\d+ \(.*MDB_CORRUPTED"):
         list(LmdbReader(path).iter_raw())
+
+
+def _set_count(path: Path, raw: bytes) -> None:
+    env = lmdb.open(str(path))
+    with env.begin(write=True) as txn:
+        txn.put(b"num-samples", raw)
+    env.close()
+
+
+@pytest.mark.parametrize(
+    ("count", "message"),
+    [(b"-5", r"'num-samples' is -5, but the LMDB holds 21 keys \(≈ 10 samples\)"),
+     (b"1000000000", r"'num-samples' is 1000000000, but the LMDB holds 21 keys"),
+     (b"0", r"'num-samples' is 0, but the LMDB holds 20 other keys")],
+)  # fmt: skip
+def test_impossible_sample_counts_are_refused(tmp_path: Path, count: bytes, message: str) -> None:
+    """Issue 23: ``num-samples`` −5 over 10 records was evaluated as 0 samples, exit 0; a huge
+    count would be read as hours of "missing" records. Both are a wrong header: one line."""
+    path = write_lmdb(tmp_path / "db", [(text_image(f"w{i}"), f"w{i}") for i in range(10)])
+    _set_count(path, count)
+    with pytest.raises(InputError, match=message) as err:
+        LmdbReader(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_few_missing_records_are_still_skipped_not_refused(tmp_path: Path) -> None:
+    path = write_lmdb(tmp_path / "db", [(text_image(f"w{i}"), f"w{i}") for i in range(10)])
+    _set_count(path, b"12")  # two records lost: counted as missing, as before
+    reader = LmdbReader(path)
+    assert len(list(reader)) == 10 and reader.skipped == {SKIP_MISSING_LABEL: 2}
+    assert len(LmdbReader(write_lmdb(tmp_path / "empty", []))) == 0  # an empty LMDB is fine

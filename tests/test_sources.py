@@ -78,3 +78,40 @@ def test_paths_that_leave_the_folder_are_refused(tmp_path: Path, rel: str) -> No
 def test_dots_inside_names_are_not_leaving(tmp_path: Path) -> None:
     root = _folder(tmp_path / "f", b"..a.png\tok\n", images=("..a.png",))
     assert [rel for _, rel, _ in ImageFolderSource(root).entries] == ["..a.png"]
+
+
+def test_duplicate_rows_are_one_sample_and_counted(tmp_path: Path) -> None:
+    """Issue 23: ``0.png pneumatic`` listed twice gave two samples and no count."""
+    root = _folder(
+        tmp_path / "f", b"a.png\tpneumatic\nb.png\tother\n./a.png\tpneumatic\na.png\tpneumatic\n",
+        images=("a.png", "b.png"),
+    )  # fmt: skip
+    index = prepare_shards([root], tmp_path / "shards", CS, progress=False)
+    assert index.num_samples == 2 and index.skipped == {"duplicate_row": 2}
+    assert [lab for _, _, lab in ShardReader(tmp_path / "shards")] == ["pneumatic", "other"]
+
+
+def test_conflicting_labels_for_one_file_name_both_rows(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "f", b"a.png\tpneumatic\n\na.png\tother\n")
+    with pytest.raises(
+        InputError,
+        match=r"labels.tsv:3: 'a.png' is labelled 'other' here but 'pneumatic' on line 1; keep one",
+    ):
+        prepare_shards([root], tmp_path / "shards", CS, progress=False)
+    assert not (tmp_path / "shards").exists()
+
+
+def test_raw_records_number_samples_and_keep_unreadable_ones(tmp_path: Path) -> None:
+    """The evaluator's view: numbered from 1 in listing order, a missing image as ``None``
+    (scored wrong there) unless skipped and counted."""
+    root = _folder(
+        tmp_path / "f", b"a.png\tA\n\ngone.png\tG\nb.png\tB\n", images=("a.png", "b.png")
+    )
+    source = ImageFolderSource(root)
+    raw = list(source.iter_raw(skip_bad=False))
+    assert [(n, data is None, label) for n, data, label in raw] == [
+        (1, False, "A"), (2, True, "G"), (3, False, "B")
+    ]  # fmt: skip
+    assert raw[0][1] == (root / "a.png").read_bytes()
+    assert [n for n, _, _ in source.iter_raw()] == [1, 3]
+    assert source.skipped == {"missing_image": 1}

@@ -8,8 +8,15 @@ character of a label is exactly one token: ``"abc" → [SOT, a, b, c, EOT]``. Tw
   the tokenizer itself and refuse a charset whose symbols do not map to a single token. CLIP's BPE
   lower-cases its input, so upper- and lower-case letters share a token (CLIP cannot tell them
   apart either).
+  Nothing is out of CLIP's vocabulary, and that is the catch: its BPE is byte-level, so a symbol
+  without a merged token of its own is spelled as its UTF-8 bytes, 2–4 tokens (measured: ``ä ö
+  ü é à ø € £`` and ``Ä`` → ``ä`` are one token each; ``ß â ê ô ñ ç å æ œ`` two; ``ả ạ ế ệ ọ``,
+  most of Vietnamese, three; ``本 한`` two). A multi-token symbol breaks the one-position-per-
+  character alignment the distillation needs, so a charset holding one is refused, naming all of
+  them, rather than distilled from byte pieces.
 * `CharVocab` — the small teacher trained here: ids ``0 = pad, 1..C = chars, C+1 = SOT,
   C+2 = EOT``. EOT is the largest id because open_clip's text tower pools at ``argmax(ids)``.
+  It knows exactly the symbols it was trained on (the bundled one: the 36 of ``0-9a-z``).
 
 Both pad with id 0 after EOT; the text tower is causal, so padding never changes the features of
 the kept tokens.
@@ -60,10 +67,16 @@ class CharTokenizer(ABC):
         return out
 
     def check_charset(self, chars: str) -> None:
-        """Raise ValueError unless every symbol of `chars` has a token."""
+        """Raise ValueError (one line, every missing symbol) unless each of `chars` has a token."""
         missing = [c for c in chars if c not in self.table]
         if missing:
-            raise ValueError(f"{self.kind} tokenizer has no single token for {''.join(missing)!r}")
+            raise ValueError(
+                f"this teacher's character vocabulary knows {len(self.table)} symbols "
+                f"({_shown(''.join(self.table))}) and no single token for {len(missing)} "
+                f"symbol(s) of the charset: {_shown(''.join(missing))}; cache with a teacher "
+                "that covers them (teacher-pretrain --charset, or a CLIP model) or train with "
+                "--no-distill"
+            )
 
     @abstractmethod
     def describe(self) -> dict:
@@ -98,15 +111,30 @@ class BpeChars(CharTokenizer):
     def __init__(self, chars: str) -> None:
         tok = _simple_tokenizer()
         table = {}
+        split: dict[str, int] = {}
         for c in chars:
             ids = tok.encode(c)
-            if len(ids) != 1:
-                raise ValueError(f"CLIP BPE encodes {c!r} as {len(ids)} tokens, not one")
-            table[c] = ids[0]
+            if len(ids) == 1:
+                table[c] = ids[0]
+            else:
+                split[c] = len(ids)
+        if split:
+            counts = sorted(set(split.values()))
+            spread = "-".join(map(str, counts[:: max(len(counts) - 1, 1)]))
+            raise ValueError(
+                f"CLIP's byte-level BPE spells {len(split)} symbol(s) of the charset as {spread} "
+                f"byte tokens, not one ({_shown(''.join(split))}), and distillation needs one "
+                "token per character; leave them out of the charset or train with --no-distill"
+            )
         super().__init__(table, sot_id=tok.sot_token_id, eot_id=tok.eot_token_id)
 
     def describe(self) -> dict:
         return {"type": "bpe-chars", "sot": self.sot_id, "eot": self.eot_id}
+
+
+def _shown(symbols: str, limit: int = 40) -> str:
+    """Symbols for a one-line message, cut after `limit`."""
+    return repr(symbols if len(symbols) <= limit else symbols[:limit] + "...")
 
 
 @lru_cache(maxsize=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from clipocr.commands import data, demo, eval, read, teacher, train
+from clipocr.commands import data, demo, eval, lmdb, read, teacher, train
 from clipocr.commands.common import run_app
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.command("synth")(data.synth)
 app.command("prepare")(data.prepare)
+app.command("lmdb")(lmdb.lmdb)
 app.command("cache-teacher")(teacher.cache_teacher)
 app.command("teacher-pretrain")(teacher.teacher_pretrain)
 app.command("train")(train.train)

@@ -10,7 +10,11 @@ import typer
 
 from clipocr.pipeline.errors import InputError, RunInterrupted
 
-CHARSET_HELP = "Label charset: 36 (0-9a-z, the papers'), 62 (adds A-Z) or 94 (printable ASCII)."
+CHARSET_HELP = (
+    "Label charset: 36 (0-9a-z, the papers'), 62 (adds A-Z), 94 (printable ASCII), or your own "
+    "alphabet: a FILE with one symbol per line (or all on one line) or a string of symbols; its "
+    "labels keep their Unicode (NFC), no ASCII folding."
+)
 
 CharsetOption = Annotated[str, typer.Option(help=CHARSET_HELP)]
 SeedOption = Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")]

@@ -1,7 +1,8 @@
 """`clipocr-eval CHECKPOINT --data ROOT` (also `clipocr eval`): benchmark a student (DESIGN §7).
 
 `run_evaluation` is the whole job as a function returning types (the demo calls it too); the
-command only parses flags and prints. torch and the model are imported when it runs.
+command only parses flags and prints. torch and the model are imported when it runs. ``--data``
+finds benchmark LMDBs and a user's own labelled image folders (``labels.tsv``) alike.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from clipocr.pipeline.errors import InputError
 
 if TYPE_CHECKING:
     from clipocr.evaluate.results import Report, Speed
-
-TEST_CHARSETS = ("36", "62", "94")
 
 
 @dataclass
@@ -49,7 +48,7 @@ def run_evaluation(
     data: Path,
     *,
     names: list[str] | None = None,
-    charset: str = "36",
+    charset: str | None = None,
     batch_size: int = 256,
     device: str | None = None,
     limit: int | None = None,
@@ -58,33 +57,45 @@ def run_evaluation(
     threads: int | None = None,
     decoding: str = "ar",
 ) -> Evaluation:
-    """Load the student, evaluate it on every LMDB under `data`, optionally time it."""
-    if charset not in TEST_CHARSETS:
-        raise InputError(f"--charset {charset}: choose one of {', '.join(TEST_CHARSETS)}")
+    """Load the student, evaluate it on every test set under `data` (LMDBs and labelled image
+    folders), optionally time it.
+
+    Scored under the student's protocol (`protocol_charset`: the 36-symbol one, or a custom
+    alphabet's own), and under `charset` too when given (a name, file or string). `threads`
+    sets torch's CPU threads (None: `cpu_threads`' automatic choice); a GPU run leaves them."""
+    from clipocr.pipeline.charset import Charset
+
+    extra = None if charset is None else Charset.from_spec(charset).name
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no such checkpoint file")
     dev = resolve_device(device)
 
     import torch
 
-    from clipocr.evaluate.benchmark import evaluate, first_images, measure_speed
-    from clipocr.evaluate.datasets import discover_lmdbs
-    from clipocr.evaluate.results import PROTOCOL_CHARSET
+    from clipocr.evaluate.benchmark import evaluate, first_images, measure_speed, protocol_charset
+    from clipocr.evaluate.datasets import discover_datasets
+    from clipocr.pipeline.threads import cpu_threads
     from clipocr.train_student.checkpoint import load_student
 
-    found = discover_lmdbs(data, names or [])
+    if dev == "cpu":
+        try:
+            torch.set_num_threads(cpu_threads(workers=0, threads=threads).intra_op)
+        except ValueError as err:
+            raise InputError(f"--threads {threads}: {err}") from None
+    found = discover_datasets(data, names or [])
     model = load_student(checkpoint, map_location="cpu").to(dev)
     if echo:
         params = sum(p.numel() for p in model.parameters()) / 1e6
         typer.echo(
-            f"{checkpoint}: student charset {model.charset.name}, {params:.1f} M params; "
-            f"{len(found)} LMDB(s) under {data}; device {dev}, batch {batch_size}"
+            f"{checkpoint}: student {model.charset.describe()}, {params:.1f} M params; "
+            f"{len(found)} test set(s) under {data}; device {dev}, batch {batch_size}"
         )
+    charsets = (protocol_charset(model.charset), *([extra] if extra else []))
     report = evaluate(
         model,
         found,
         batch_size=batch_size,
-        charsets=tuple(dict.fromkeys((PROTOCOL_CHARSET, charset))),
+        charsets=tuple(dict.fromkeys(charsets)),
         limit=limit,
         progress=echo and sys.stderr.isatty(),
         decoding=decoding,
@@ -99,19 +110,25 @@ def run_evaluation(
 def evaluate_command(
     checkpoint: Annotated[Path, typer.Argument(help="Student checkpoint written by training.")],
     data: Annotated[
-        Path, typer.Option(help="Folder searched recursively for LMDBs (folders with data.mdb).")
+        Path,
+        typer.Option(
+            help="Folder searched recursively for test sets: LMDBs (folders with data.mdb) and "
+            "image folders with a labels.tsv (relpath<TAB>label, as prepare --folder)."
+        ),
     ],
     datasets: Annotated[
         list[str] | None,
         typer.Option(help="Only these datasets, e.g. IIIT5k (repeatable or comma-separated)."),
     ] = None,
     charset: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Also score under this charset: 94 (or 62) adds case/punctuation-sensitive "
-            "accuracy beside the papers' 36-symbol protocol."
+            "accuracy beside the papers' 36-symbol protocol; a FILE (one symbol per line) or a "
+            "string of symbols scores a custom alphabet (labels kept in Unicode, NFC). A student "
+            "trained on a custom alphabet is scored under it by default."
         ),
-    ] = "36",
+    ] = None,
     average: Annotated[
         str,
         typer.Option(
@@ -149,7 +166,8 @@ def evaluate_command(
         ),
     ] = "ar",
 ) -> None:
-    """Evaluate a student on every LMDB under --data with PARSeq's test protocol."""
+    """Evaluate a student on every test set under --data (benchmark LMDBs and labelled image
+    folders) with PARSeq's test protocol."""
     if average not in ("sub", "full"):
         raise InputError(f"--average {average}: choose 'sub' or 'full'")
     names = [n for item in datasets or [] for n in item.split(",") if n]

@@ -19,10 +19,10 @@ from typing import TypeVar
 import torch
 from tqdm import tqdm
 
-from clipocr.evaluate.datasets import Dataset, dataset_from_path
+from clipocr.evaluate.datasets import Dataset, dataset_from_path, open_test_set
 from clipocr.evaluate.results import PROTOCOL_CHARSET, Report, Sample, Speed
+from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
-from clipocr.pipeline.lmdb_io import LmdbReader
 from clipocr.pipeline.preprocess import IMG_H, IMG_W, load_uint8, normalize
 
 
@@ -30,7 +30,7 @@ def _iter_batches(
     dataset: Dataset, batch_size: int, limit: int | None, unlabelled: dict[str, int]
 ) -> Iterator[tuple[list[tuple[int, str, str]], torch.Tensor]]:
     """Yield ``([(index, raw label, error)], uint8 images)``; a bad image becomes a blank one."""
-    reader = LmdbReader(dataset.path)
+    reader = open_test_set(dataset)
     blank = torch.zeros(3, IMG_H, IMG_W, dtype=torch.uint8)
     meta: list[tuple[int, str, str]] = []
     images: list[torch.Tensor] = []
@@ -68,12 +68,19 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 DECODINGS = ("ar", "ctc")
 
 
+def protocol_charset(model_charset: Charset) -> str:
+    """The charset a student is scored under by default: PARSeq's 36-symbol protocol for the
+    ASCII sets; a custom alphabet's own (the protocol would fold ``ä`` in labels to ``a`` but
+    drop it from predictions, scoring every such word wrong)."""
+    return model_charset.name if model_charset.is_custom else PROTOCOL_CHARSET
+
+
 def evaluate(
     model: torch.nn.Module,
     lmdb_paths: Sequence[str | Path | Dataset],
     batch_size: int = 256,
     device: str | torch.device | None = None,
-    charsets: Sequence[str] = (PROTOCOL_CHARSET,),
+    charsets: Sequence[str] | None = None,
     limit: int | None = None,
     progress: bool = False,
     decoding: str = "ar",
@@ -86,7 +93,8 @@ def evaluate(
     encoder reads when the decoder does not.
     `device` defaults to the model's own (the trainer's validation passes its model as it is);
     the model's train/eval mode is restored afterwards. `limit` caps the samples read per LMDB.
-    `charsets` are the test charsets to score under, the 36-symbol protocol first.
+    `charsets` are the test charsets to score under, the protocol first (default: the
+    `protocol_charset` of the model alone). `lmdb_paths` may also be labelled image folders.
     """
     if decoding not in DECODINGS:
         raise InputError(f"unknown decoding {decoding!r}; choose one of {DECODINGS}")
@@ -118,7 +126,7 @@ def evaluate(
     return Report(
         datasets=datasets,
         samples=samples,
-        charsets=tuple(charsets),
+        charsets=tuple(charsets or (protocol_charset(model.charset),)),
         max_len=model.charset.max_len,
         unlabelled=unlabelled,
         device=str(dev),
@@ -184,7 +192,7 @@ def first_decoded(datasets: Sequence[Dataset], count: int, decode: Callable[[byt
     """
     out: list[T] = []
     for d in datasets:
-        reader = LmdbReader(d.path)
+        reader = open_test_set(d)
         try:
             for _, data, _ in reader.iter_raw():
                 try:

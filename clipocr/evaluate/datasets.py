@@ -4,6 +4,10 @@ Test sets reach users under many folder names (``IIIT5k_3000``, ``icdar2013_857`
 told apart only by its size), so a folder is matched to its canonical name tolerantly, and every
 figure downstream is keyed by that name: the "Combined" groups and the expected sizes are defined
 here, once.
+
+A user's own test set may also be a labelled image folder (``labels.tsv``, as ``prepare
+--folder`` reads): `discover_datasets` finds those beside the LMDBs, and `open_test_set` reads
+either kind the same way (`clipocr.pipeline.sources`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipocr.pipeline.errors import InputError
-from clipocr.pipeline.lmdb_io import LmdbReader, is_lmdb_dir
+from clipocr.pipeline.lmdb_io import is_lmdb_dir
+from clipocr.pipeline.sources import LABELS_NAME, Source, open_source
 
 # The six common benchmarks, in the literature's column order, with their standard sizes.
 COMMON = ("IIIT5k", "SVT", "IC13_857", "IC13_1015", "IC15_1811", "IC15_2077", "SVTP", "CUTE80")
@@ -104,24 +109,36 @@ class Dataset:
         return order, known.index(self.name) if self.name in known else 0, self.name.lower()
 
 
+def is_test_set(path: Path) -> bool:
+    """An LMDB folder, or an image folder with a ``labels.tsv``."""
+    return is_lmdb_dir(path) or (path / LABELS_NAME).is_file()
+
+
+def open_test_set(dataset: Dataset | str | Path) -> Source:
+    """A reader of one test set, LMDB or labelled folder: ``iter_raw``, ``len``, ``close``."""
+    return open_source(dataset.path if isinstance(dataset, Dataset) else dataset)
+
+
 def dataset_from_path(path: str | Path, display: str | None = None) -> Dataset:
-    """Name one LMDB folder; a bare IC13/IC15 is opened to tell its version from its size."""
+    """Name one test set folder; a bare IC13/IC15 is opened to tell its version from its size."""
     path = Path(path)
     name = canonical_name(path.name)
     if name is None and _BARE_IC.fullmatch(_squash(path.name)):
-        reader = LmdbReader(path)
-        name = canonical_name(path.name, len(reader))
-        reader.close()
+        source = open_test_set(path)
+        name = canonical_name(path.name, len(source))
+        source.close()
     if name is None:
         return Dataset(display or path.name, path, GROUP_OTHER)
     return Dataset(name, path, group_of(name))
 
 
-def _walk_lmdbs(root: Path) -> Iterator[Path]:
-    """LMDB folders under `root` in sorted order; hidden folders (temporary writes) are skipped.
+def _walk(root: Path, folders: bool) -> Iterator[Path]:
+    """LMDB folders (and with `folders`, labelled image folders) under `root` in sorted order;
+    hidden folders (temporary writes) are skipped.
 
     Symlinked folders are followed (benchmark sets are often linked in from a shared disk), each
     real folder once, so a link loop cannot recurse forever."""
+    found = is_test_set if folders else is_lmdb_dir
     seen: set[str] = set()
     for dirpath, dirnames, _ in os.walk(root, followlinks=True):
         here = Path(dirpath)
@@ -130,7 +147,7 @@ def _walk_lmdbs(root: Path) -> Iterator[Path]:
             dirnames.clear()
             continue
         seen.add(real)
-        if is_lmdb_dir(here):
+        if found(here):
             dirnames.clear()
             yield here
         else:
@@ -143,12 +160,20 @@ def discover_lmdbs(root: str | Path, names: Sequence[str] | None = None) -> list
     `names` keeps only the datasets whose name, folder name or path relative to `root` matches one
     of them (case-insensitively, tolerant like the folder matching: ``iiit5k_3000`` → IIIT5k).
     """
+    return discover_datasets(root, names, folders=False)
+
+
+def discover_datasets(
+    root: str | Path, names: Sequence[str] | None = None, folders: bool = True
+) -> list[Dataset]:
+    """`discover_lmdbs`, with labelled image folders (``labels.tsv``) found too (`folders`)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such data folder")
-    paths = list(_walk_lmdbs(root))
+    paths = list(_walk(root, folders))
     if not paths:
-        raise InputError(f"{root}: no LMDB (a folder with data.mdb) found under it")
+        also = f" or image folder with {LABELS_NAME}" if folders else ""
+        raise InputError(f"{root}: no LMDB (a folder with data.mdb){also} found under it")
     rel = {p: p.relative_to(root).as_posix() if p != root else p.name for p in paths}
     folders = [p.name for p in paths]
     # An unknown folder is named by its folder name, or by its relative path when that is shared.
@@ -161,8 +186,8 @@ def discover_lmdbs(root: str | Path, names: Sequence[str] | None = None) -> list
     for d in datasets:
         if d.name in seen:
             raise InputError(
-                f"{root}: two LMDBs are both {d.name} ({rel[seen[d.name].path]}, {rel[d.path]}); "
-                f"point --data at a narrower folder or pick one with --datasets"
+                f"{root}: two test sets are both {d.name} ({rel[seen[d.name].path]}, "
+                f"{rel[d.path]}); point --data at a narrower folder or pick one with --datasets"
             )
         seen[d.name] = d
     return sorted(datasets, key=lambda d: d.sort_key)

@@ -20,19 +20,25 @@ from clipocr.evaluate.datasets import (
     GROUP_COMMON,
     GROUP_HARD,
     GROUP_OTHER,
+    open_test_set,
 )
 from clipocr.evaluate.metrics import Score
 from clipocr.evaluate.results import PROTOCOL_CHARSET, Report, Row, Sample, Speed
-from clipocr.pipeline.lmdb_io import LmdbReader
+from clipocr.pipeline.charset import REASON_EMPTY, REASON_TOO_LONG, Charset
 from clipocr.pipeline.preprocess import decode_image
 
 AVERAGE_MEMBERS = {w: "/".join(m for m in COMBINED[w] if m[:2] == "IC") for w in COMBINED}
 _SECTIONS = (
     (GROUP_COMMON, "common benchmarks"),
     (GROUP_HARD, "harder sets"),
-    (GROUP_OTHER, "other LMDBs"),
+    (GROUP_OTHER, "other test sets"),
 )
 TSV_COLUMNS = ("key", "label", "prediction", "confidence", "correct", "charset", "error")
+# Why a label is dropped, as the table says it (`Charset.prepare`'s reasons).
+DROP_WORDS = {
+    REASON_TOO_LONG: "longer than {max_len} characters",
+    REASON_EMPTY: "with no symbol of the charset",
+}
 
 
 def _row_dict(row: Row) -> dict[str, Any]:
@@ -46,6 +52,7 @@ def _row_dict(row: Row) -> dict[str, Any]:
         "confidence": round(t.confidence, 4),
         "unreadable": row.unreadable,
         "dropped_labels": row.dropped,
+        "dropped_reasons": {reason: n for reason, n, _ in row.drop_reasons},
     }
     if row.members:
         out["members"] = list(row.members)
@@ -53,8 +60,30 @@ def _row_dict(row: Row) -> dict[str, Any]:
     return out
 
 
-def _line(name: str, row: Row, width: int) -> str:
+def _example(label: str, limit: int = 20) -> str:
+    """A label quoted for a table line, cut (with its length) when long."""
+    if len(label) <= limit:
+        return repr(label)
+    return f"{label[:limit] + '...'!r} ({len(label)} chars)"
+
+
+def why_empty(row: Row, max_len: int) -> str:
+    """Beside a row that scored no sample: every label dropped, and why (with an example), or
+    that the set held nothing to score. Empty for a row that scored samples."""
+    if row.samples or row.members:
+        return ""
+    if not row.dropped:
+        return "  (no labelled sample)"
+    parts = [
+        f"{n} {DROP_WORDS.get(reason, reason).format(max_len=max_len)}, e.g. {_example(example)}"
+        for reason, n, example in row.drop_reasons
+    ]
+    return f"  (all {row.dropped} labels dropped: {'; '.join(parts)})"
+
+
+def _line(name: str, row: Row, width: int, max_len: int = 25) -> str:
     flag = "" if row.complete else "  (missing " + ", ".join(row.missing) + ")"
+    flag += why_empty(row, max_len)
     return (
         f"{name:<{width}s}{row.samples:>8d}{row.accuracy:>10.2f}{row.one_minus_ned:>9.2f}"
         f"{row.confidence:>12.2f}{flag}"
@@ -77,7 +106,11 @@ def table_text(report: Report, charset: str, average: str = "sub") -> str:
         and (w == average or head is None or row.members != head.members)
     ]
     width = max([24, *(len(r.name) + 2 for r in rows), *(len(n) + 2 for n, _ in combined)])
-    title = "36-symbol protocol (case-folded, 0-9a-z)" if charset == "36" else f"charset {charset}"
+    title = (
+        "36-symbol protocol (case-folded, 0-9a-z)"
+        if charset == PROTOCOL_CHARSET
+        else Charset.from_spec(charset, report.max_len).describe()
+    )
     lines = [
         f"== {title}",
         f"{'dataset':<{width}s}{'samples':>8s}{'accuracy':>10s}{'1-NED':>9s}{'confidence':>12s}",
@@ -86,7 +119,7 @@ def table_text(report: Report, charset: str, average: str = "sub") -> str:
         if not by_group[group]:
             continue
         lines.append(f"-- {heading}")
-        lines += [_line(r.name, r, width) for r in by_group[group]]
+        lines += [_line(r.name, r, width, report.max_len) for r in by_group[group]]
         if group == GROUP_COMMON:
             lines += [_line(name, row, width) for name, row in combined]
     if head is not None:
@@ -109,7 +142,7 @@ def notes_text(report: Report) -> list[str]:
     for name, count in report.unlabelled.items():
         notes.append(f"{name}: {count} record(s) without a label, not scored")
     if report.limit is None:
-        for row in report.rows_for(PROTOCOL_CHARSET):
+        for row in report.rows:
             expected = EXPECTED_SAMPLES.get(row.name)
             if expected is not None and row.samples != expected:
                 notes.append(
@@ -120,7 +153,10 @@ def notes_text(report: Report) -> list[str]:
 
 
 def speed_text(speed: Speed) -> str:
-    where = speed.device if speed.device.startswith("cuda") else f"cpu, {speed.threads} threads"
+    plural = "" if speed.threads == 1 else "s"
+    where = (
+        speed.device if speed.device.startswith("cuda") else f"cpu, {speed.threads} thread{plural}"
+    )
     return (
         f"speed ({where}, greedy decoding): {speed.ms_per_image:.2f} ms/image at batch 1; "
         f"{speed.images_per_s:.1f} images/s at batch {speed.batch_size}"
@@ -221,7 +257,7 @@ def _images(report: Report, samples: list[Sample]) -> dict[str, Image.Image]:
         need = wanted.get(d.name)
         if not need:
             continue
-        reader = LmdbReader(d.path)
+        reader = open_test_set(d)
         try:
             for index, data, _ in reader.iter_raw(skip_bad=False):
                 if index in need:

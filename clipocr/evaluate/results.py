@@ -8,11 +8,12 @@ and what the trainer's validation reads; the loop that fills them lives in `benc
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from clipocr.evaluate.datasets import COMBINED, Dataset
 from clipocr.evaluate.metrics import Score, Tally, score
-from clipocr.pipeline.charset import Charset
+from clipocr.pipeline.charset import Charset, LabelRejected
 
 PROTOCOL_CHARSET = "36"
 
@@ -43,6 +44,8 @@ class Row:
     dropped: int = 0
     members: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+    # Why labels were dropped: ((reason, count, an example raw label), …), most common first.
+    drop_reasons: tuple[tuple[str, int, str], ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -81,21 +84,44 @@ class Report:
     _scored: dict[str, list[tuple[Sample, Score]]] = field(default_factory=dict, repr=False)
 
     def scored(self, charset: str | None = None) -> list[tuple[Sample, Score]]:
-        """Samples kept by the protocol of `charset` (default: the 36-symbol one), with scores."""
+        """Samples kept by the protocol of `charset` (default: the first), with scores."""
         name = charset or self.charsets[0]
         if name not in self._scored:
-            cs = Charset.from_name(name, self.max_len)
+            cs = Charset.from_spec(name, self.max_len)
             pairs = ((s, score(s.text, s.label, cs)) for s in self.samples)
             self._scored[name] = [(s, sc) for s, sc in pairs if sc is not None]
         return self._scored[name]
 
+    def drop_reasons(
+        self, charset: str | None = None
+    ) -> dict[str, tuple[tuple[str, int, str], ...]]:
+        """Per dataset, why the protocol of `charset` dropped labels (`Row.drop_reasons`)."""
+        cs = Charset.from_spec(charset or self.charsets[0], self.max_len)
+        kept = {id(s) for s, _ in self.scored(charset)}
+        counts: dict[str, Counter[str]] = {}
+        example: dict[tuple[str, str], str] = {}
+        for s in self.samples:
+            if id(s) in kept:
+                continue
+            try:
+                cs.prepare(s.label)
+                reason = "unscored"  # not reached: what the protocol drops, `prepare` rejects
+            except LabelRejected as rej:
+                reason = rej.reason
+            counts.setdefault(s.dataset, Counter())[reason] += 1
+            example.setdefault((s.dataset, reason), s.label)
+        return {
+            name: tuple((r, n, example[name, r]) for r, n in c.most_common())
+            for name, c in counts.items()
+        }
+
     @property
     def rows(self) -> list[Row]:
-        """Per-dataset rows under the 36-symbol protocol, in `datasets` order."""
+        """Per-dataset rows under the first charset (the protocol), in `datasets` order."""
         return self.rows_for(None)
 
     def rows_for(self, charset: str | None) -> list[Row]:
-        """Per-dataset rows under `charset` (None: the 36-symbol protocol)."""
+        """Per-dataset rows under `charset` (None: the first, the protocol)."""
         tallies = {d.name: Tally() for d in self.datasets}
         unreadable = dict.fromkeys(tallies, 0)
         for s, sc in self.scored(charset):
@@ -104,12 +130,14 @@ class Report:
         totals: dict[str, int] = dict.fromkeys(tallies, 0)
         for s in self.samples:
             totals[s.dataset] += 1
+        reasons = self.drop_reasons(charset)
         return [
             Row(
                 d.name,
                 tallies[d.name],
                 unreadable=unreadable[d.name],
                 dropped=totals[d.name] - tallies[d.name].samples,
+                drop_reasons=reasons.get(d.name, ()),
             )
             for d in self.datasets
         ]

@@ -97,9 +97,24 @@ class LmdbReader:
         if raw is None:
             raise InputError(f"{self.path}: LMDB has no 'num-samples' key")
         try:
-            return int(raw)
+            count = int(raw)
         except ValueError:
             raise InputError(f"{self.path}: 'num-samples' is not an integer: {raw!r}") from None
+        # Each sample is two keys; a count beyond every key there is (or a negative one) is not
+        # a few missing records but a wrong header, and would be read as 0 or as hours of
+        # "missing" records. Fewer missing records than that are skipped and counted instead.
+        keys = self._env.stat()["entries"]
+        if count < 0 or count > keys:
+            raise InputError(
+                f"{self.path}: 'num-samples' is {count}, but the LMDB holds {keys} keys "
+                f"(≈ {(keys - 1) // 2} samples); fix or recreate its 'num-samples' key"
+            )
+        if count == 0 and keys > 1:
+            raise InputError(
+                f"{self.path}: 'num-samples' is 0, but the LMDB holds {keys - 1} other keys; "
+                "fix or recreate its 'num-samples' key"
+            )
+        return count
 
     def __len__(self) -> int:
         return self.num_samples

@@ -7,6 +7,13 @@ front with an `InputError` naming the file and line: those are the user's own te
 in a minute, and skipping such lines would quietly drop whatever a wrong encoding or a wrong
 path convention touches (often every line). A record that is merely unreadable (a missing image,
 a corrupt LMDB record) is skipped and counted, as large downloaded sets always hold a few.
+A file listed twice with the same label is one sample (the repeat is skipped and counted as
+``duplicate_row``); listed twice with different labels, the listing contradicts itself and is
+refused with a line naming both rows.
+
+`iter_raw` is the evaluator's view of both kinds: every listed record in order, numbered from 1
+(for a folder, the number its sample gets in `clipocr lmdb`'s LMDB), with ``None`` for an image
+that cannot be read, so a test set's missing image is scored wrong rather than dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from clipocr.pipeline.lmdb_io import SKIP_MISSING_IMAGE, LmdbReader, is_lmdb_dir
 log = logging.getLogger(__name__)
 
 LABELS_NAME = "labels.tsv"
+SKIP_DUPLICATE_ROW = "duplicate_row"
 
 
 @dataclass
@@ -70,6 +78,8 @@ class ImageFolderSource:
         if not self.labels_path.is_file():
             raise InputError(f"{self.root}: no {labels_name} (expected relpath<TAB>label lines)")
         self.entries: list[tuple[int, str, str]] = []
+        self.skipped: Counter[str] = Counter()
+        seen: dict[str, tuple[int, str]] = {}  # normalised path → (line, label) first listed
         # newline=None splits lines exactly as a text-mode open() does (\n, \r\n, \r).
         lines = io.StringIO(_decode_labels(self.labels_path), newline=None)
         for lineno, line in enumerate(lines, 1):
@@ -87,10 +97,23 @@ class ImageFolderSource:
                     f"{self.labels_path}:{lineno}: path {parts[0][:60]!r} leaves the folder "
                     f"(list paths relative to {self.root}, without '..')"
                 )
+            key = PurePosixPath(parts[0]).as_posix()  # "./a.png" and "a.png" are one file
+            first = seen.setdefault(key, (lineno, parts[1]))
+            if first[0] != lineno:
+                if first[1] != parts[1]:
+                    raise InputError(
+                        f"{self.labels_path}:{lineno}: {parts[0][:60]!r} is labelled "
+                        f"{parts[1][:40]!r} here but {first[1][:40]!r} on line {first[0]}; "
+                        "keep one of the two rows"
+                    )
+                self.skipped[SKIP_DUPLICATE_ROW] += 1
+                continue
             self.entries.append((lineno, parts[0], parts[1]))
         if not self.entries:
             raise InputError(f"{self.labels_path}: no samples listed")
-        self.skipped: Counter[str] = Counter()
+        if self.skipped:
+            dupes = self.skipped[SKIP_DUPLICATE_ROW]
+            log.warning("%s: %d duplicate row(s) skipped", self.labels_path, dupes)
 
     @property
     def name(self) -> str:
@@ -109,6 +132,20 @@ class ImageFolderSource:
                 log.warning("%s:%d: %s skipped (%s)", self.labels_path, lineno, rel, err)
                 continue
             yield RawSample(self.name, lineno, data, label)
+
+    def iter_raw(self, skip_bad: bool = True) -> Iterator[tuple[int, bytes | None, str]]:
+        """``(number from 1, image bytes, label)`` per listed sample; an unreadable image is
+        skipped and counted, or with ``skip_bad=False`` yielded as ``None`` (see module doc)."""
+        for number, (lineno, rel, label) in enumerate(self.entries, 1):
+            try:
+                data: bytes | None = (self.root / rel).read_bytes()
+            except OSError as err:
+                log.warning("%s:%d: %s unreadable (%s)", self.labels_path, lineno, rel, err)
+                if skip_bad:
+                    self.skipped[SKIP_MISSING_IMAGE] += 1
+                    continue
+                data = None
+            yield number, data, label
 
     def close(self) -> None:
         """Nothing held open (`LmdbSource` holds its environment)."""
@@ -134,6 +171,10 @@ class LmdbSource:
     def __iter__(self) -> Iterator[RawSample]:
         for index, data, label in self.reader.iter_raw():
             yield RawSample(self.name, index, data, label)
+
+    def iter_raw(self, skip_bad: bool = True) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """`LmdbReader.iter_raw`: records by their LMDB index (``None`` parts kept on request)."""
+        return self.reader.iter_raw(skip_bad)
 
     def close(self) -> None:
         self.reader.close()
