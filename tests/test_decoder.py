@@ -24,7 +24,7 @@ def images() -> torch.Tensor:
 
 def test_layer_type_follows_the_config(model: Student) -> None:
     assert all(isinstance(layer, TwoStreamLayer) for layer in model.dec_layers)
-    standard = Student(student_config("test"))
+    standard = Student(student_config("test", dec_layer="standard"))
     assert all(isinstance(layer, DecoderLayer) for layer in standard.dec_layers)
 
 

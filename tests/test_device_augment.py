@@ -18,7 +18,8 @@ from clipocr.train_student.device_augment import DeviceAugment, device_ops
 
 SIZE = (32, 128)
 OPS = device_ops(5, SIZE)
-GEOMETRIC = {"ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}  # timm's, random resample
+# random resample: timm's four and the expanding rotation (timm's `rotate`, as PARSeq calls it)
+GEOMETRIC = {"ShearX", "ShearY", "TranslateXRel", "TranslateYRel", "RotateExpand"}
 
 
 def _images() -> list[Image.Image]:
@@ -44,7 +45,7 @@ def _host_op(name: str, img: Image.Image, value: float | None, bicubic: bool) ->
         args = () if value is None else (value,)
         return auto_augment.NAME_TO_OP[name](img, *args, fillcolor=host.FILL, resample=resample)
     if name == "RotateExpand":
-        return resize(host._rotate_expand(img, value))
+        return resize(host._rotate_expand(img, value, bicubic))
     return host._gaussian_blur(img, value)
 
 
@@ -77,18 +78,23 @@ def test_each_op_matches_its_pil_counterpart(op) -> None:
 
 
 def test_poisson_noise_has_the_host_distribution() -> None:
-    """Random by nature: the noise on a mid-grey image, host (numpy) vs device (torch)."""
+    """Random by nature: the noise on a mid-grey image, host (numpy) vs device (torch): PARSeq's
+    imgaug `AdditivePoissonNoise(21)` — ±Poisson(λ), one value for the three channels."""
     grey = Image.new("RGB", SIZE[::-1], (128, 128, 128))
     noise = next(op for op in OPS if op.name == "PoissonNoise")
     np.random.seed(0)
-    host_noise = np.concatenate([np.asarray(host._poisson_noise(grey, 20.0)).ravel() for _ in
-                                 range(8)]).astype(int) - 128  # fmt: skip
+    host_rgb = np.stack([np.asarray(host._poisson_noise(grey, 20.0)) for _ in range(8)])
     batch = to_uint8_tensor(grey)[None].repeat(8, 1, 1, 1)
     dev = noise.fn(batch, torch.zeros(8), torch.zeros(8, dtype=torch.bool), torch.Generator())
-    dev_noise = dev.int().flatten().numpy() - 128
-    for sample in (host_noise, dev_noise):  # Poisson(λ) − λ with λ = 20 (the bound at 128 px)
-        assert abs(sample.mean()) < 0.1 and abs(sample.var() - 20) < 0.6
-    bins = np.arange(-12, 14, 2)
+    dev_rgb = dev.permute(0, 2, 3, 1).numpy()
+    for rgb in (host_rgb, dev_rgb):
+        assert (rgb == rgb[..., :1]).all()  # one draw per pixel, not per channel
+    host_noise, dev_noise = (rgb[..., 0].astype(int).ravel() - 128 for rgb in (host_rgb, dev_rgb))
+    lam = 21  # the bound at 128 px (20), binned to odd as PARSeq does
+    for sample in (host_noise, dev_noise):  # mean 0, variance λ² + λ
+        assert abs(sample.mean()) < 0.6 and abs(sample.var() - (lam * lam + lam)) < 25
+        assert abs(np.abs(sample).mean() - lam) < 0.2
+    bins = np.arange(-48, 50, 6)
     stat, dof = _chi2(Counter(np.digitize(host_noise, bins)), Counter(np.digitize(dev_noise, bins)))
     assert stat < _critical(dof), (stat, dof)
 
@@ -176,13 +182,13 @@ def traces():
 
 def test_same_ops_arguments_and_probabilities_as_the_host(traces) -> None:
     """Fixed seeds, p = 0.001 chi-square tests of host vs device draws: how many ops apply per
-    image, and which op with which argument and resample (32 categories: each signed argument
+    image, and which op with which argument and resample (34 categories: each signed argument
     and each resample its own)."""
     host_trace, dev_trace, _ = traces
     count = Counter(len(r) for r in host_trace), Counter(len(r) for r in dev_trace)
     ops = Counter(x for r in host_trace for x in r), Counter(x for r in dev_trace for x in r)
     assert set(ops[0]) == set(ops[1])  # the same op list and argument values
-    assert len(ops[0]) == 32
+    assert len(ops[0]) == 34
     for host_counts, dev_counts in (count, ops):
         stat, dof = _chi2(host_counts, dev_counts)
         assert stat < _critical(dof), (stat, dof, host_counts, dev_counts)
@@ -209,8 +215,8 @@ def test_draws_are_per_image_not_per_batch(traces) -> None:
 
 def test_blur_and_noise_bounds_follow_the_image_size() -> None:
     """PARSeq's bounds by the longer side: the device uses the batch's size, as the host the
-    image's (radius 2 and λ 20 at 128 px; 1 and 8 at 40 px)."""
-    for size, radius, lam in ((SIZE, 2, 20), ((16, 40), 1, 8)):
+    image's (radius 2 and λ 21 at 128 px; 1 and 9 at 40 px: λ binned to odd values)."""
+    for size, radius, lam in ((SIZE, 2, 21), ((16, 40), 1, 9)):
         fns = {op.name: op.fn for op in device_ops(5, size)}
         assert fns["GaussianBlur"].keywords["radius"] == radius
         assert fns["PoissonNoise"].keywords["lam"] == lam
@@ -250,3 +256,19 @@ def test_a_planned_batch_is_the_host_ops_replayed_in_order() -> None:
         exact += int(diff.max() == 0)
         assert diff.float().mean() < 0.01, (row, steps)
     assert compared >= 30 and exact >= 0.9 * compared
+
+
+def test_drawn_shear_and_translate_ranges_are_parseqs() -> None:
+    """The device ops' two arguments (PARSeq's magnitudes, issue 22), measured from a dot's
+    displacement on the device's own pixels, bilinear and bicubic."""
+    from test_augment import PARSEQ_GEOMETRY, dot_centre, dot_image, measured_magnitude
+
+    ops = {op.name: op for op in OPS}
+    dot = to_uint8_tensor(dot_image())[None].repeat(2, 1, 1, 1)
+    for name, want in PARSEQ_GEOMETRY.items():
+        assert ops[name].values == (want, -want), name
+        for bicubic in (False, True):
+            arg = torch.tensor(ops[name].values, dtype=torch.float64)
+            out = ops[name].fn(dot, arg, torch.full((2,), bicubic), torch.Generator())
+            drawn = [measured_magnitude(name, dot_centre(img[0].numpy())) for img in out]
+            assert drawn == pytest.approx([want, -want], rel=0.05), (name, bicubic, drawn)

@@ -4,7 +4,8 @@ timm's `rand_augment_ops` supplies the photometric and geometric ops (Sharpness 
 the blur op); three ops are added here as PARSeq adds them — Gaussian blur, Poisson noise and a
 rotation that *expands* the canvas so word ends are not cut off (timm's Rotate crops). Unlike
 PARSeq we do not patch timm's module-level op tables: the extra ops are plain callables handed
-to `timm.data.auto_augment.RandAugment`.
+to `timm.data.auto_augment.RandAugment`, and the shear/translate magnitudes PARSeq sets through
+its patched level functions (`aa_overrides`) are set on our own op instances (issue 22).
 
 Each sample is augmented under its own seed, so a replayed data stream (resume, cached views)
 gets exactly the same pixels. `device_augment.py` draws the same ops on batched tensors.
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 from timm.data import auto_augment
 
-# Tuned by PARSeq for magnitude 5 (effective values are half of these). timm 1.x reads none of
-# them (its shear and translate levels are fixed: ±0.3·m/10 and ±0.45·m/10); `rotate_deg` is
-# read by the expanding rotation below.
+# Tuned by PARSeq for magnitude 5 (effective values are half of these): the argument at magnitude
+# 10 of the expanding rotation (degrees) and of the four geometric ops in `GEOMETRY_HPARAMS`.
 HPARAMS = {
     "rotate_deg": 30,
     "shear_x_pct": 0.9,
@@ -39,7 +41,25 @@ EXTRA_OPS = [("RotateExpand", HPARAMS["rotate_deg"], True), ("GaussianBlur", 4, 
              ("PoissonNoise", 40, False)]  # fmt: skip
 OP_NAMES = [*TIMM_OPS, *(name for name, _, _ in EXTRA_OPS)]
 LEVEL_DENOM = auto_augment._LEVEL_DENOM
+# The hparam that sets each of timm's geometric ops. PARSeq's `aa_overrides` makes timm read these
+# keys; timm 1.x's own level functions read none of them (shear ±0.3·m/10 on both axes, translate
+# ±hparams["translate_pct"]·m/10 = ±0.45·m/10 on both), so without this table the ops ran at
+# ShearX ±0.15 / ShearY ±0.15 / TranslateX ±0.225 / TranslateY ±0.225 instead of PARSeq's ±0.45 /
+# ±0.10 / ±0.05 / ±0.15 (shear factor; translation as a fraction of the image's side).
+GEOMETRY_HPARAMS = {
+    "ShearX": "shear_x_pct",
+    "ShearY": "shear_y_pct",
+    "TranslateXRel": "translate_x_pct",
+    "TranslateYRel": "translate_y_pct",
+}
 FILL = (128, 128, 128)  # timm's fill (hparams without img_mean), used by the rotation too
+
+
+def geometry_level(level: float, hparams: dict[str, Any], key: str) -> tuple[float]:
+    """PARSeq's level function for the geometric ops, in timm's signature: ``level / 10 ×
+    hparams[key]``, negated with probability 1/2 by timm's own `_randomly_negate` (one
+    ``random.random()`` draw, as timm's level functions make)."""
+    return (auto_augment._randomly_negate(level / LEVEL_DENOM * hparams[key]),)
 
 
 def bounded(level: float, max_side: int, max_dim_factor: float) -> int:
@@ -52,7 +72,8 @@ def blur_radius(level: float, max_side: int) -> int:
 
 
 def noise_lambda(level: float, max_side: int) -> int:
-    return bounded(level, max_side, 0.2)
+    """PARSeq's Poisson λ: bounded by the longer side, then binned to an odd value (``| 1``)."""
+    return bounded(level, max_side, 0.2) | 1
 
 
 class _Op:
@@ -82,14 +103,23 @@ def _gaussian_blur(img: Image.Image, radius: float) -> Image.Image:
 
 
 def _poisson_noise(img: Image.Image, lam: float) -> Image.Image:
+    """PARSeq's op, imgaug's `AdditivePoissonNoise(λ)`: per pixel ±Poisson(λ) (a random sign,
+    not centred by −λ), the same value on every channel, clipped."""
     lam = noise_lambda(lam, max(img.size))
     arr = np.asarray(img).astype(np.int16)
-    noise = np.random.poisson(lam, size=arr.shape) - lam
+    shape = (*arr.shape[:2], 1) if arr.ndim == 3 else arr.shape
+    noise = np.random.poisson(lam, size=shape) * np.where(np.random.random(shape) < 0.5, -1, 1)
     return Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
 
 
-def _rotate_expand(img: Image.Image, degrees: float) -> Image.Image:
-    return img.rotate(degrees, resample=Image.BICUBIC, expand=True, fillcolor=FILL)
+def _rotate_expand(img: Image.Image, degrees: float, bicubic: bool | None = None) -> Image.Image:
+    """PARSeq's rotation (timm's `rotate` with ``expand=True``), so like timm's geometric ops it
+    interpolates bilinear or bicubic at random (timm's own choice) unless `bicubic` is given."""
+    if bicubic is None:
+        resample = auto_augment._interpolation({"resample": auto_augment._RANDOM_INTERPOLATION})
+    else:
+        resample = Image.BICUBIC if bicubic else Image.BILINEAR
+    return img.rotate(degrees, resample=resample, expand=True, fillcolor=FILL)
 
 
 _EXTRA_FNS = {"RotateExpand": _rotate_expand, "GaussianBlur": _gaussian_blur,
@@ -103,6 +133,9 @@ class StudentAugment:
         ops: list[Callable] = list(
             auto_augment.rand_augment_ops(magnitude, hparams=HPARAMS, transforms=TIMM_OPS)
         )
+        for op in ops:  # this instance's level function, not timm's module table
+            if op.name in GEOMETRY_HPARAMS:
+                op.level_fn = partial(geometry_level, key=GEOMETRY_HPARAMS[op.name])
         ops += [_Op(n, _EXTRA_FNS[n], magnitude, arg, signed) for n, arg, signed in EXTRA_OPS]
         weights = [1.0 / len(ops)] * len(ops)  # weighted choice ⇒ no op twice
         self._augment = auto_augment.RandAugment(ops, num_ops, weights)

@@ -1,5 +1,8 @@
 """Decoder layers of the student: the standard pre-norm layer and PARSeq's two-stream layer.
 
+The paper's own layer (PARSeq's layer as CLIP-OCR uses it: the content stream never updated) is
+`official_decoder.OfficialLayer`, the `small` preset's; these two are CPU-budget options (issue 13).
+
 Both expose a teacher-forced ``forward`` (all positions at once) and a ``step`` that computes one
 new position with a K/V cache, so `Student.generate` costs one position per step.
 

@@ -32,6 +32,8 @@ import torch
 from clipocr.train_student import pillow_ops as po
 from clipocr.train_student.augment import (
     EXTRA_OPS,
+    GEOMETRY_HPARAMS,
+    HPARAMS,
     LEVEL_DENOM,
     OP_NAMES,
     blur_radius,
@@ -61,12 +63,14 @@ def _enhance(level: float) -> tuple[float, float]:
 
 def device_ops(magnitude: int, size: tuple[int, int]) -> list[DeviceOp]:
     """The variant's ops in `StudentAugment`'s order, with timm's level formulas at
-    `magnitude` (and the blur/noise bounds for images of `size`)."""
+    `magnitude`, PARSeq's for shear and translate (`GEOMETRY_HPARAMS`), and the blur/noise
+    bounds for images of `size`."""
     m = magnitude / LEVEL_DENOM
     bits, thresh, add = 4 - int(m * 4), 256 - min(256, int(m * 256)), min(128, int(m * 110))
     extra = {name: top * m for name, top, _ in EXTRA_OPS}
     radius = blur_radius(extra["GaussianBlur"], max(size))
     lam = noise_lambda(extra["PoissonNoise"], max(size))
+    geo = {name: _signed(m * HPARAMS[key]) for name, key in GEOMETRY_HPARAMS.items()}
     ops = [
         DeviceOp("AutoContrast", (), po.pointwise(po.auto_contrast)),
         DeviceOp("Equalize", (), po.pointwise(po.equalize)),
@@ -77,10 +81,10 @@ def device_ops(magnitude: int, size: tuple[int, int]) -> list[DeviceOp]:
         DeviceOp("ColorIncreasing", _enhance(m * 0.9), po.color),
         DeviceOp("ContrastIncreasing", _enhance(m * 0.9), po.contrast),
         DeviceOp("BrightnessIncreasing", _enhance(m * 0.9), po.brightness),
-        DeviceOp("ShearX", _signed(m * 0.3), po.shear_x),
-        DeviceOp("ShearY", _signed(m * 0.3), po.shear_y),
-        DeviceOp("TranslateXRel", _signed(m * 0.45), po.translate_x),
-        DeviceOp("TranslateYRel", _signed(m * 0.45), po.translate_y),
+        DeviceOp("ShearX", geo["ShearX"], po.shear_x),
+        DeviceOp("ShearY", geo["ShearY"], po.shear_y),
+        DeviceOp("TranslateXRel", geo["TranslateXRel"], po.translate_x),
+        DeviceOp("TranslateYRel", geo["TranslateYRel"], po.translate_y),
         DeviceOp("RotateExpand", _signed(extra["RotateExpand"]), po.rotate_expand),
         DeviceOp(
             "GaussianBlur", (extra["GaussianBlur"],) * 2, partial(po.gaussian_blur, radius=radius)

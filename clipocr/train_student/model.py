@@ -1,14 +1,20 @@
-"""The student recognizer: a timm ViT encoder and a small causal transformer decoder (DESIGN §6).
+"""The student recognizer: a timm ViT encoder and a small transformer decoder (DESIGN §6).
 
 The model exposes the *stage features* the distillation losses pull towards the teacher: the
 encoder's residual stream after blocks depth/4, 2·depth/4 and 3·depth/4 (the same split as the
 CLIP teacher's cached stages), the final class token (for GAM), and every decoder layer's output
 passed through the decoder's final LayerNorm (as the official code does).
 
-Decoding convention (shared with the trainer and evaluator): decoder position ``t`` receives the
-token at ``tgt_in[t]`` (``BOS, c1 … cL, PAD …``) plus a learned position query and predicts
-``tgt_out[t]`` (``c1 … cL, EOS, PAD …``). So positions ``0..L`` correspond one to one with CLIP's
-character-level text tokens ``c1 … cL, EOT`` — no alignment matrix is needed on the text side.
+Decoding convention (shared with the trainer and evaluator): decoder position ``t`` reads the
+tokens ``tgt_in[0..t]`` (``BOS, c1 … cL, PAD …``) and predicts ``tgt_out[t]`` (``c1 … cL, EOS,
+PAD …``). So positions ``0..L`` correspond one to one with CLIP's character-level text tokens
+``c1 … cL, EOT`` — no alignment matrix is needed on the text side.
+
+Decoder layers (`StudentConfig.dec_layer`): ``official`` (the paper's, `official_decoder.py`: a
+query stream of position queries over a fixed content stream) in the paper's presets;
+``standard`` (one causal stream of token + position embeddings, `decoder.py`) in the CPU demo's,
+whose student was trained with it; ``two_stream`` (PARSeq's with the content stream updated)
+kept as an option (issue 13).
 
 Only the student is saved for inference (`checkpoint.py`); the heads live in `heads.py`.
 """
@@ -26,6 +32,11 @@ from torch import Tensor, nn
 
 from clipocr.pipeline.charset import Charset
 from clipocr.train_student.decoder import DecoderLayer, KVCache, TwoStreamLayer
+from clipocr.train_student.official_decoder import (
+    OfficialLayer,
+    attention_mask,
+    content_positions,
+)
 from clipocr.train_student.stem import ConvStem
 from clipocr.train_student.student_config import (
     NUM_STAGES,
@@ -45,9 +56,9 @@ class StudentOutput:
     logits: ``(B, T, C+1)``. enc_stages: 3 tensors ``(B, 1+N_patches, D)``, the residual stream
     after the tapped blocks, class token first. enc_cls: ``(B, D)``, class token of the final
     normed encoder output. dec_stages: ``dec_depth`` tensors ``(B, T, D)``, each decoder layer's
-    output (the query stream's, for the two-stream layer) through the decoder's final LayerNorm
-    (the last one feeds the classifier). ctc_logits: ``(B, W, C+1)`` over the token grid's
-    columns (class 0 = EOS doubles as the CTC blank), or None without a CTC head.
+    output (the query stream's, for the official and two-stream layers) through the decoder's
+    final LayerNorm (the last one feeds the classifier). ctc_logits: ``(B, W, C+1)`` over the
+    token grid's columns (class 0 = EOS doubles as the CTC blank), or None without a CTC head.
     """
 
     logits: Tensor
@@ -85,7 +96,9 @@ class Student(nn.Module):
         self.tok_embed = nn.Embedding(self.charset.pad_id + 1, dim)
         self.pos_queries = nn.Parameter(torch.empty(1, cfg.max_len + 1, dim))
         self.embed_drop = nn.Dropout(cfg.dropout)
-        layer = TwoStreamLayer if cfg.dec_layer == "two_stream" else DecoderLayer
+        layer = {"official": OfficialLayer, "two_stream": TwoStreamLayer}.get(
+            cfg.dec_layer, DecoderLayer
+        )
         self.dec_layers = nn.ModuleList(
             layer(dim, cfg.dec_heads, cfg.dec_mlp_ratio, cfg.dropout) for _ in range(cfg.dec_depth)
         )
@@ -101,6 +114,10 @@ class Student(nn.Module):
     @property
     def two_stream(self) -> bool:
         return self.cfg.dec_layer == "two_stream"
+
+    @property
+    def official(self) -> bool:
+        return self.cfg.dec_layer == "official"
 
     def _init_decoder(self) -> None:
         """PARSeq's init for everything outside the encoder (timm initialises the ViT)."""
@@ -143,12 +160,16 @@ class Student(nn.Module):
 
     # decoder ---------------------------------------------------------------------------------
     def _embed(self, tokens: Tensor, start: int) -> Tensor:
+        """Token embeddings of positions ``start…`` plus their positions: the same position
+        query as the output they feed (standard, two-stream), or, for the official layer, the
+        content stream's — none for BOS, position query ``p − 1`` at ``p`` ≥ 1."""
         t = tokens.shape[1]
         x = self.tok_embed(tokens) * math.sqrt(self.cfg.enc_dim)
-        return self.embed_drop(x + self.pos_queries[:, start : start + t])
+        pos = content_positions(self.pos_queries) if self.official else self.pos_queries
+        return self.embed_drop(x + pos[:, start : start + t])
 
     def _queries(self, batch: int, start: int, steps: int) -> Tensor:
-        """The two-stream layer's query stream input: position queries only, no character."""
+        """The query stream's input (official, two-stream): position queries only."""
         q = self.pos_queries[:, start : start + steps].expand(batch, -1, -1)
         return self.embed_drop(q)
 
@@ -182,18 +203,7 @@ class Student(nn.Module):
                 f"tgt_in has {tgt_in.shape[1]} positions, max is {self.cfg.max_len + 1}"
             )
         enc_stages, memory = self.encode(images)
-        content = self._embed(tgt_in, 0)
-        x = self._queries(tgt_in.shape[0], 0, tgt_in.shape[1]) if self.two_stream else content
-        dec_stages = []
-        last = len(self.dec_layers) - 1
-        for i, (layer, mem_kv) in enumerate(
-            zip(self.dec_layers, self._memory_kv(memory), strict=True)
-        ):
-            if self.two_stream:
-                x, content = layer(x, content, mem_kv, update_content=i < last)
-            else:
-                x = layer(x, mem_kv)
-            dec_stages.append(self.dec_norm(x))
+        dec_stages = self.decode(memory, tgt_in)
         return StudentOutput(
             logits=self.head(dec_stages[-1]),
             enc_stages=enc_stages,
@@ -201,6 +211,27 @@ class Student(nn.Module):
             dec_stages=dec_stages,
             ctc_logits=self.ctc_logits(memory) if self.ctc_head is not None else None,
         )
+
+    def decode(self, memory: Tensor, tgt_in: Tensor) -> list[Tensor]:
+        """Teacher-forced decoder stages (forward order) over the final encoder tokens."""
+        content = self._embed(tgt_in, 0)
+        standard = self.cfg.dec_layer == "standard"
+        x = content if standard else self._queries(tgt_in.shape[0], 0, tgt_in.shape[1])
+        pad, eos = self.charset.pad_id, self.charset.eos_id
+        mask = attention_mask(tgt_in, pad, eos) if self.official else None
+        stages = []
+        last = len(self.dec_layers) - 1
+        for i, (layer, mem_kv) in enumerate(
+            zip(self.dec_layers, self._memory_kv(memory), strict=True)
+        ):
+            if self.official:
+                x = layer(x, content, mem_kv, mask)
+            elif self.two_stream:
+                x, content = layer(x, content, mem_kv, update_content=i < last)
+            else:
+                x = layer(x, mem_kv)
+            stages.append(self.dec_norm(x))
+        return stages
 
     @torch.inference_mode()
     def generate(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -224,11 +255,13 @@ class Student(nn.Module):
         last = len(self.dec_layers) - 1
         for t in range(steps):
             content = self._embed(token, t)
-            x = self._queries(b, t, 1) if self.two_stream else content
+            x = content if self.cfg.dec_layer == "standard" else self._queries(b, t, 1)
             for i, (layer, cache, kv) in enumerate(
                 zip(self.dec_layers, caches, mem_kv, strict=True)
             ):
-                if self.two_stream:
+                if self.official:
+                    x = layer.step(x, content, t, cache, kv)
+                elif self.two_stream:
                     x, content = layer.step(x, content, t, cache, kv, update_content=i < last)
                 else:
                     x = layer.step(x, t, cache, kv)

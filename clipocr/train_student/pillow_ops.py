@@ -147,9 +147,13 @@ def gaussian_blur(x: Tensor, *_: object, radius: int, passes: int = 3) -> Tensor
 
 
 def poisson_noise(x: Tensor, _arg: Tensor, _bic: Tensor, gen: torch.Generator, lam: int) -> Tensor:
-    """Add Poisson(λ) − λ per pixel and channel, clipped (the host op's numpy draw)."""
-    rate = torch.full(x.shape, float(lam), device=x.device)
-    noise = torch.poisson(rate, generator=gen) - lam
+    """Add ±Poisson(λ) per pixel (a random sign; one value for all channels), clipped: the
+    host op's draw (imgaug's `AdditivePoissonNoise`, as PARSeq uses it)."""
+    n, _, h, w = x.shape
+    rate = torch.full((n, 1, h, w), float(lam), device=x.device)
+    magnitude = torch.poisson(rate, generator=gen)
+    negative = torch.rand((n, 1, h, w), generator=gen, device=x.device) < 0.5
+    noise = torch.where(negative, -magnitude, magnitude)
     return (x.float() + noise).clamp(0, 255).to(torch.uint8)
 
 
@@ -266,14 +270,14 @@ def rotation(width: int, height: int, degrees: float) -> tuple[list[float], tupl
     return m, (new_w, new_h)
 
 
-def rotate_expand(x: Tensor, degrees: Tensor, *_: object) -> Tensor:
-    """Bicubic rotation onto the expanded canvas, then back to the batch's size as the pipeline's
-    `preprocess.resize` does it: torch's antialiased bicubic (a = −0.5, as Pillow's resize), one
-    axis at a time, each rounded, in the order that reproduces Pillow 13 here (vertical first)."""
+def rotate_expand(x: Tensor, degrees: Tensor, bicubic: Tensor, *_: object) -> Tensor:
+    """Rotation onto the expanded canvas (bicubic or bilinear per image, as `affine`), then back
+    to the batch's size as the pipeline's `preprocess.resize` does it: torch's antialiased
+    bicubic (a = −0.5, as Pillow's resize), one axis at a time, each rounded, in the order that
+    reproduces Pillow 13 here (vertical first)."""
     h, w = x.shape[2:]
     coeffs = [rotation(w, h, float(d))[0] for d in degrees.tolist()]
     _, (new_w, new_h) = rotation(w, h, float(degrees[0]))
-    bicubic = torch.ones(len(x), dtype=torch.bool)
     canvas = affine(x, torch.tensor(coeffs, dtype=torch.float64), (new_h, new_w), bicubic)
     out = canvas.float()
     for step in ((h, new_w), (h, w)):  # one pass per axis, each rounded to uint8, as Pillow

@@ -2,7 +2,8 @@
 
 Kept apart from the modules (`model.py`) so a training config can be validated, and a
 checkpoint's config read, without building a network. Presets ``small``/``tiny``/``base`` are
-the paper's sizes with nothing added; ``mini`` and ``demo`` are CPU-sized (DESIGN §6).
+the paper's sizes with nothing added (the official decoder layer); ``mini`` and ``demo`` are
+CPU-sized (DESIGN §6) and keep the standard decoder layer the demo's student was trained with.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from typing import Any
 from clipocr.pipeline.charset import MAX_LABEL_LEN, Charset
 
 STEMS = ("linear", "conv")
-DEC_LAYERS = ("standard", "two_stream")
+# "official": the paper's layer (`official_decoder.py`); "standard": one causal stream (the demo's);
+# "two_stream": PARSeq's with the content stream updated (issue 13's probe).
+DEC_LAYERS = ("official", "standard", "two_stream")
+# What a config saved before `dec_layer` existed was built with.
+LEGACY_DEC_LAYER = "standard"
 NUM_STAGES = 4  # both towers are split into 4 stages; stages 1–3 are tapped, the 4th is the output
 
 
@@ -33,10 +38,10 @@ class StudentConfig:
     dec_heads: int = 12
     dec_mlp_ratio: float = 4.0
     dropout: float = 0.1
+    dec_layer: str = "official"  # one of DEC_LAYERS; others are for CPU budgets (issue 13)
     # Additions to the paper for CPU budgets (issue 13), off in the paper's presets:
     stem: str = "linear"  # "linear" = timm's patch embedding; "conv" = `ConvStem`
     ctc_weight: float = 0.0  # > 0 adds a CTC head on the final encoder tokens, loss × weight
-    dec_layer: str = "standard"  # "standard" | "two_stream" (PARSeq's layer, forward order)
     ctc_align: bool = False  # the decoder's memory carries each column's CTC character index
 
     def __post_init__(self) -> None:
@@ -88,14 +93,20 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
-        """Inverse of `to_dict`; rejects unknown keys so a foreign config is not half-read."""
+        """Inverse of `to_dict`; rejects unknown keys so a foreign config is not half-read. A
+        config without `dec_layer` predates the official layer: it gets the layer it was built
+        with (`LEGACY_DEC_LAYER`), not today's default."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown StudentConfig keys {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{"dec_layer": LEGACY_DEC_LAYER, **data})
 
 
+# The standard layer: the demo's student was trained with it (the bundled student must read as
+# before), and in issue 13's CPU-budget probe it read best per decoder sample with `ctc_align`
+# (docs/issue13_findings.md).
 _MINI = StudentConfig(
+    dec_layer="standard",
     enc_dim=128,
     enc_depth=4,
     enc_heads=4,
@@ -127,7 +138,7 @@ PRESETS: dict[str, StudentConfig] = {
     # cross-attention has learnt where to look) and the CTC character index in the decoder's
     # memory (so the decoder reads as soon as the encoder does); no dropout in a run this short.
     "demo": replace(_MINI, dropout=0.0, stem="conv", ctc_weight=1.0, ctc_align=True),
-    # The paper's student (ViT-S encoder).
+    # The paper's student (ViT-S encoder, the official decoder layer).
     "small": StudentConfig(),
     # ViT-B encoder; decoder heads of 64 dims as in ViT-B.
     "base": StudentConfig(enc_dim=768, enc_heads=12, dec_heads=12),
