@@ -131,3 +131,45 @@ def test_a_full_disk_is_an_os_error_and_leaves_no_file(
         save_student(tmp_path / "student.safetensors", model)
     assert err.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_file_is_the_same_bytes_every_time(model: Student, tmp_path: Path) -> None:
+    """Issue 23: safetensors writes its metadata in hash order, so two saves of the same student
+    differed in sha256; the header is now sorted, and the file still loads."""
+    import hashlib
+    import json
+    import struct
+
+    digests = set()
+    for i in range(6):
+        path = tmp_path / f"s{i}.safetensors"
+        save_student(path, model)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    assert size % 8 == 0
+    meta = json.loads(data[8 : 8 + size])["__metadata__"]
+    assert list(meta) == sorted(meta)
+    assert load_student(path).cfg == model.cfg
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_refuses_non_finite_weights(bad: float, model: Student, tmp_path: Path) -> None:
+    """Issue 23: a checkpoint with NaN weights read every image as empty text, confidence nan,
+    exit 0; it is refused at load, in one line naming the file and the tensor."""
+    from safetensors import safe_open
+
+    path = tmp_path / "s.safetensors"
+    save_student(path, model)
+    with safe_open(path, framework="pt") as fh:
+        meta = fh.metadata()
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    state["dec_norm.weight"][3] = bad
+    broken = tmp_path / "nan.safetensors"
+    save_file(state, broken, metadata=meta)
+    with pytest.raises(InputError) as info:
+        load_student(broken)
+    message = str(info.value)
+    assert message.startswith(f"{broken}: tensor dec_norm.weight holds non-finite values")
+    assert "\n" not in message

@@ -81,3 +81,35 @@ def test_augment_on_device_from_the_cli(capsys, monkeypatch, tmp_path, deadline)
     code, _, err = run(capsys, monkeypatch, *_train_args(shards, store, tmp_path / "r2",
                        "--max-steps", 1, "--augment-on", "gpu"))  # fmt: skip
     assert code == 2 and "augment_on must be host or device" in err, err
+
+
+def test_tensorboard_keep_best_and_export_best(capsys, monkeypatch, tmp_path, deadline):
+    """Issue 21: `--log tensorboard` logs losses, lr, samples/s and validation accuracy;
+    `--keep-best 2` keeps the two best validated students, and `--export best` makes
+    student.safetensors the best one, which best.json names."""
+    import json
+
+    pytest.importorskip("tensorboard")
+    from test_tb_log import scalars
+
+    shards = make_shards(tmp_path / "a", WORDS, shard_size=8)
+    val = write_lmdb(tmp_path / "val", [(text_image(w), w) for w in WORDS[:4]])
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"log_every": 1}))
+    run_dir = tmp_path / "run"
+    args = ["train", "--shards", shards, "--no-distill", "--out", run_dir, "--preset", "test",
+            "--batch-size", 8, "--threads", 1, "--workers", 0, "--max-steps", 4, "--config",
+            config, "--val", val, "--val-every", 1, "--keep-best", 2, "--export", "best",
+            "--log", "tensorboard"]  # fmt: skip
+    code, out, err = run(capsys, monkeypatch, *args)
+    assert code == 0, err
+    best = json.loads((run_dir / "best.json").read_text())
+    assert len(best["kept"]) == 2 and best["student.safetensors"]["from"] == "best"
+    top = best["kept"][0]
+    assert best["student.safetensors"]["step"] == top["step"]
+    assert (run_dir / "student.safetensors").read_bytes() == (run_dir / top["path"]).read_bytes()
+    got = scalars(run_dir)
+    for tag in ("loss/ce", "loss/loss", "train/lr", "train/samples_per_s", "val_acc/val"):
+        assert [step for step, _ in got[tag]] == [1, 2, 3, 4], tag
+    code, _, err = run(capsys, monkeypatch, *args[:-6], "--export", "best", "--out", tmp_path / "b")
+    assert code == 2 and "--export best needs --keep-best" in err, err

@@ -49,6 +49,9 @@ def test_values_of_the_right_type_pass(values) -> None:
         ({"paths": "a"}, "paths = 'a'"),
         ({"patch": [1, 2, 3]}, "patch = [1, 2, 3]"),
         ({"inner": 3}, "inner = 3"),
+        ({"inner": {"x": "big"}}, "inner.x = 'big' is not a valid int"),
+        ({"inner": {"y": 1}}, "unknown inner settings ['y']"),
+        ({"patch": [4, "a"]}, "patch = [4, 'a'] is not a valid tuple[int, int]"),
         ({"stesp": 1}, "unknown config keys ['stesp']"),
     ],
 )
@@ -75,3 +78,17 @@ def test_unreadable_files_are_refused(tmp_path: Path, text: str, message: str) -
 
 def test_no_file_means_no_values() -> None:
     assert read_values(None) == {}
+
+
+def test_a_plain_dict_field_is_checked_as_the_dataclass_it_holds() -> None:
+    """Issue 23: ``"student": {"enc_dim": "big"}`` (a dict of StudentConfig settings) leaked
+    Python's "not all arguments converted during string formatting"; `nested` names the
+    dataclass a dict field holds, so the key and value at fault are named instead."""
+
+    @dataclass
+    class Outer:
+        student: dict = field(default_factory=dict)
+
+    check_values(Outer, {"student": {"x": "big"}}, "cfg.json")  # without `nested`: any dict
+    with pytest.raises(InputError, match=r"^cfg.json: student.x = 'big' is not a valid int$"):
+        check_values(Outer, {"student": {"x": "big"}}, "cfg.json", nested={"student": Inner})

@@ -38,6 +38,9 @@ def test_flags_override_the_file_which_overrides_defaults(tmp_path: Path) -> Non
         ({"heads": [1]}, "heads must be an object"),
         ({"val": "a.lmdb"}, "val = 'a.lmdb' is not a valid"),
         ({"augment_on": "gpu"}, "augment_on must be host or device, got 'gpu'"),
+        ({"student": {"enc_dim": "big"}}, "train.json: student.enc_dim = 'big' is not a valid int"),
+        ({"student": {"encdim": 64}}, "train.json: unknown student settings ['encdim']"),
+        ({"heads": {"tau": "x"}}, "train.json: heads.tau = 'x' is not a valid float"),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path: Path, values: dict, message: str) -> None:

@@ -61,7 +61,21 @@ def train(
         ),
     ] = None,
     preset: Annotated[
-        str | None, typer.Option(help="Student size: test, tiny, small (paper), base.")
+        str | None,
+        typer.Option(
+            help="Student size: test, tiny, mini, demo, small (paper), base. With --init-from: "
+            "the checkpoint's (leave it out)."
+        ),
+    ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from a trained student: a student.safetensors, or 'bundled' (the "
+            "packaged one). Its architecture is kept; a new --charset re-initialises the output "
+            "rows of symbols it never read; distillation heads start fresh. Recorded in "
+            "config.json and RUN/init_from.json.",
+            rich_help_panel=_RUN,
+        ),
     ] = None,
     charset: Annotated[str | None, typer.Option(help=CHARSET_HELP, rich_help_panel=_DATA)] = None,
     distill: Annotated[
@@ -123,10 +137,41 @@ def train(
     ] = None,
     val_every: Annotated[int | None, typer.Option(rich_help_panel=_RUN)] = None,
     ckpt_every: Annotated[int | None, typer.Option(rich_help_panel=_RUN)] = None,
+    keep_best: Annotated[
+        int | None,
+        typer.Option(
+            help="Also keep the K students of best mean validation word accuracy in RUN/best/ "
+            "(listed in RUN/best.json); needs --val.",
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            help="RUN/student.safetensors is the 'last' step's student or the 'best' kept "
+            "(needs --keep-best); best.json says which.",
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="'tensorboard': also log losses, lr, samples/s and validation accuracy to "
+            "RUN/tensorboard/ (pip install 'clipocr\\[log]').",
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
             help="Continue the run in --out exactly where it stopped.", rich_help_panel=_RUN
+        ),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="If another train run is using --out, wait for it to end instead of stopping.",
+            rich_help_panel=_RUN,
         ),
     ] = False,
 ) -> None:
@@ -134,7 +179,8 @@ def train(
 
     Writes RUN/config.json (resolved settings), RUN/history.jsonl, RUN/curves.png,
     RUN/checkpoints/step-N/ (student.safetensors + state.pt) and the exported inference model
-    RUN/student.safetensors (the student alone). Multi-GPU: launch with `torchrun`.
+    RUN/student.safetensors (the student alone). Multi-GPU: launch with `torchrun`. One run
+    at a time owns RUN (a lock held while it trains; see --wait).
     """
     given = dict(locals())
     from clipocr.train_student.config import TrainConfig
@@ -145,7 +191,7 @@ def train(
         for k in ("loss_type", "use_image", "use_text", "use_gam")
         if (v := given.pop(k)) is not None
     }
-    for name in ("config", "resume"):
+    for name in ("config", "resume", "wait"):
         given.pop(name)
     for name in ("shards", "teacher_store", "out"):
         if given[name] is not None:
@@ -153,5 +199,5 @@ def train(
     if given["val"] is not None:
         given["val"] = [str(p) for p in given["val"]]
     cfg = TrainConfig.from_sources(config, given)
-    final = Trainer(cfg, resume=resume, validate=validation(cfg.val)).run()
+    final = Trainer(cfg, resume=resume, validate=validation(cfg.val), wait=wait).run()
     typer.echo(f"student exported to {final}")

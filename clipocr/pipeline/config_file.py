@@ -59,14 +59,32 @@ def _matches(value: Any, hint: Any) -> bool:
     return True
 
 
-def check_values(cls: type, values: dict[str, Any], source: str) -> None:
-    """Refuse unknown keys and values of the wrong type for the dataclass `cls`."""
+def check_values(
+    cls: type,
+    values: dict[str, Any],
+    source: str,
+    nested: dict[str, type] | None = None,
+    _within: str = "",
+) -> None:
+    """Refuse unknown keys and values of the wrong type for the dataclass `cls`.
+
+    An object given for a dataclass-typed field (``"heads": {...}``), or for a field that
+    `nested` maps to a dataclass (``"student": {...}`` of `StudentConfig` settings, a plain dict
+    in the config), is checked key by key too. Why: a wrongly typed value that reaches the
+    dataclass's own checks fails there with whatever Python says (``"big" % 6``: "not all
+    arguments converted during string formatting"), not with the key and the value at fault.
+    """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise InputError(f"{source}: unknown config keys {sorted(unknown)}")
+        what = f"{_within.rstrip('.')} settings" if _within else "config keys"
+        raise InputError(f"{source}: unknown {what} {sorted(unknown)}")
     for key, value in values.items():
+        hint = (nested or {}).get(key, hints[key])
+        if isinstance(value, dict) and dataclasses.is_dataclass(hint):
+            check_values(hint, value, source, _within=f"{_within}{key}.")
+            continue
         if not _matches(value, hints[key]):
-            want = getattr(hints[key], "__name__", None) or str(hints[key])
-            raise InputError(f"{source}: {key} = {value!r} is not a valid {want}")
+            want = hints[key].__name__ if isinstance(hints[key], type) else str(hints[key])
+            raise InputError(f"{source}: {_within}{key} = {value!r} is not a valid {want}")

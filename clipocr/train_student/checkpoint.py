@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 
 import torch
@@ -42,7 +43,7 @@ def save_student(path: str | os.PathLike, model: Student) -> None:
     tmp = path.with_name(path.name + ".tmp")
     # Serialised here and written by Python, so a full disk raises OSError (ENOSPC): safetensors'
     # own file writer reports it as a SafetensorError, and on some targets not at all.
-    data = save(state, metadata=metadata)
+    data = sorted_header(save(state, metadata=metadata))
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -52,8 +53,34 @@ def save_student(path: str | os.PathLike, model: Student) -> None:
         raise
 
 
-def load_student(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Student:
-    """The student saved at `path`, on `map_location`, in eval mode."""
+def sorted_header(data: bytes) -> bytes:
+    """A serialised safetensors file with its JSON header's keys in sorted order.
+
+    Why: safetensors keeps ``__metadata__`` in a Rust HashMap, whose order is random per process,
+    so the same weights would give files with different bytes. The tensor data (and the offsets
+    into it) are unchanged; only the header is rewritten, padded to 8 bytes as safetensors pads."""
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + size :]
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse NaN or infinite weights, naming the first tensor that holds one."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(
+                f"{path}: tensor {key} holds non-finite values (NaN or inf); the checkpoint is "
+                "damaged or its training diverged"
+            )
+
+
+def read_checkpoint(
+    path: str | os.PathLike, tensors: bool = True
+) -> tuple[StudentConfig, dict[str, torch.Tensor]]:
+    """The config and (unless `tensors` is False: the config alone, cheaply) the finite weights
+    of the student saved at `path`; anything else is refused in one line naming the file."""
     path = Path(path)
 
     def refuse(why: str) -> InputError:
@@ -68,17 +95,27 @@ def load_student(path: str | os.PathLike, map_location: str | torch.device = "cp
                 raise refuse(f"safetensors file without the {FORMAT!r} format marker")
             if meta.get("format_version") != FORMAT_VERSION:
                 raise refuse(f"format version {meta.get('format_version')!r} is not supported")
-            state = {key: fh.get_tensor(key) for key in fh.keys()}
+            state = {key: fh.get_tensor(key) for key in fh.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as err:
         raise refuse(f"not a safetensors file: {err}") from None
     try:
         cfg = StudentConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, TypeError, ValueError) as err:
         raise refuse(f"bad config metadata: {err}") from None
+    _check_finite(path, state)
+    return cfg, state
+
+
+def load_student(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Student:
+    """The student saved at `path`, on `map_location`, in eval mode."""
+    cfg, state = read_checkpoint(path)
     model = Student(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).strip().splitlines()
-        raise refuse(f"weights do not match its config: {' '.join(first[:2])}") from None
+        raise InputError(
+            f"{path}: not a clipocr student checkpoint (weights do not match its config: "
+            f"{' '.join(first[:2])})"
+        ) from None
     return model.to(map_location).eval()

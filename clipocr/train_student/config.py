@@ -6,17 +6,19 @@ the run it continues was made with the same settings (bar the step budget).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.config_file import check_values, read_values
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.precision import PRECISIONS
 from clipocr.train_student.heads import DistillConfig
-from clipocr.train_student.student_config import PRESETS, student_config
+from clipocr.train_student.student_config import PRESETS, StudentConfig, student_config
 
 
 @dataclass
@@ -27,6 +29,8 @@ class TrainConfig:
     preset: str = "small"
     charset: str = "36"
     distill: bool = True
+    # a student checkpoint (or "bundled") to start from; its architecture is the run's
+    init_from: str | None = None
     # StudentConfig fields replaced in the preset, e.g. {"ctc_weight": 0.5} (saved in config.json)
     student: dict[str, Any] = field(default_factory=dict)
     # optimisation (official recipe, PARSeq base; DESIGN §6)
@@ -55,6 +59,9 @@ class TrainConfig:
     val_every: int = 500
     ckpt_every: int = 500
     keep_checkpoints: int = 2
+    keep_best: int = 0  # also keep the K students of best mean validation word accuracy
+    export: str = "last"  # RUN/student.safetensors: the last step's student, or the best kept
+    log: str = "none"  # none | tensorboard (RUN/tensorboard/, needs the `log` extra)
     log_every: int = 10
     progress: bool = True
 
@@ -65,7 +72,8 @@ class TrainConfig:
             raise InputError(f"train: unknown --precision {self.precision!r}")
         at_least = {"batch_size": 1, "epochs": 1, "max_steps": 1, "threads": 1, "workers": 0,
                     "shuffle_buffer": 1, "val_every": 1, "ckpt_every": 1, "keep_checkpoints": 1,
-                    "log_every": 1, "lr": 0.0, "grad_clip": 0.0, "weight_decay": 0.0}  # fmt: skip
+                    "keep_best": 0, "log_every": 1, "lr": 0.0, "grad_clip": 0.0,
+                    "weight_decay": 0.0}  # fmt: skip
         for name, low in at_least.items():
             value = getattr(self, name)
             if value is not None and not value >= low:
@@ -78,10 +86,17 @@ class TrainConfig:
             raise InputError("train: dec_lr_scale must be > 0 and augment_from_epoch >= 0")
         if self.augment_on not in ("host", "device"):
             raise InputError(f"train: augment_on must be host or device, got {self.augment_on!r}")
+        # Key by key first: a wrongly typed value would fail inside StudentConfig's own checks.
+        sections = {"student": self.student, "heads": self.heads}
+        check_values(TrainConfig, sections, "train", nested={"student": StudentConfig})
+        # A charset file or literal is recorded by its symbols: a run's config.json and its
+        # checkpoints must rebuild the alphabet on a machine that lacks the file.
+        self.charset = Charset.from_spec(self.charset).name
         try:
             student_config(self.preset, charset=self.charset, **self.student)
         except (TypeError, ValueError) as err:
             raise InputError(f"train: bad student settings: {err}") from None
+        self._check_bookkeeping()
         if not 0.0 <= self.warmup_pct < 1.0:
             raise InputError(f"train: warmup_pct must be in [0, 1), got {self.warmup_pct}")
         if isinstance(self.heads, dict):
@@ -93,10 +108,27 @@ class TrainConfig:
             except ValueError as err:
                 raise InputError(f"train: {err}") from None
 
+    def _check_bookkeeping(self) -> None:
+        """Logging and checkpoint choice: refused now, not after an hour of training."""
+        if self.log not in ("none", "tensorboard"):
+            raise InputError(f"train: log must be none or tensorboard, got {self.log!r}")
+        if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise InputError(
+                "train: --log tensorboard needs the tensorboard package: "
+                "pip install 'clipocr[log]' (or pip install tensorboard)"
+            )
+        if self.export not in ("last", "best"):
+            raise InputError(f"train: export must be last or best, got {self.export!r}")
+        if self.keep_best and not self.val:
+            raise InputError("train: --keep-best ranks by validation accuracy: give --val sets")
+        if self.export == "best" and not self.keep_best:
+            raise InputError("train: --export best needs --keep-best K (K >= 1)")
+
     # Settings that may differ between a run and its resumption (not `workers`: the data order
     # depends on how the shards are split between the workers).
     RESUMABLE_CHANGES = ("max_steps", "epochs", "val", "val_every", "ckpt_every", "progress",
-                         "threads", "device", "log_every", "keep_checkpoints")  # fmt: skip
+                         "threads", "device", "log_every", "keep_checkpoints", "keep_best",
+                         "export", "log")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,5 +154,10 @@ class TrainConfig:
         heads = {**heads, **overrides.pop("heads", {})}
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["heads"] = heads
-        check_values(cls, values, str(config_file or "train"))
+        source = str(config_file or "train")
+        check_values(cls, values, source, nested={"student": StudentConfig})
+        if values.get("init_from"):
+            from clipocr.train_student.init_from import resolve_architecture
+
+            resolve_architecture(values, source)
         return cls(**values)

@@ -6,6 +6,7 @@ exported ``student.safetensors``. A folder *holds a run* once a checkpoint is fi
 that there is nothing to resume, so a run that died early (bad input, disk full, killed) leaves
 a folder that the next plain `train` may start over in, instead of one that is neither resumable
 nor reusable. Everything written under a final name is written to a temporary name first.
+Only one process runs in a folder at a time (`run_lock`), so these rules are never raced.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ STUDENT_NAME = "student.safetensors"
 
 # Settings that name files: compared as the places they point to, so that `--out runs/a` and
 # `--out /abs/runs/a` are the same run. `out` itself is where config.json was found.
-_PATH_SETTINGS = ("shards", "teacher_store", "val")
+_PATH_SETTINGS = ("shards", "teacher_store", "val", "init_from")
 _WHY_NOT = {"workers": "the order of the data depends on the number of workers"}
 _STATE_KEYS = ("position", "system", "optimizer", "scheduler", "torch_rng", "cuda_rng")
 

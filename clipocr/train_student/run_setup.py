@@ -3,8 +3,10 @@ CPU threads, the teacher store it may train from, and how a DataLoader worker's 
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
+from pathlib import Path
 
 import torch
 
@@ -14,6 +16,8 @@ from clipocr.pipeline.preprocess import IMG_H, IMG_W
 from clipocr.pipeline.teacher_store import TeacherStore
 from clipocr.pipeline.threads import cpu_threads
 from clipocr.train_student.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -78,3 +82,31 @@ def batch_seed(seed: int, epoch: int, batch: dict) -> int:
     the batch's first key (each key is in one batch per epoch and rank), so a resumed run
     augments a replayed batch exactly as the uninterrupted run did."""
     return zlib.crc32(f"{seed}/{epoch}/{batch['keys'][0]}".encode())
+
+
+def rebuild_schedule(
+    scheduler: torch.optim.lr_scheduler.OneCycleLR, saved: dict, run_dir: Path, step: int
+) -> None:
+    """Load the `saved` schedule into `scheduler`; with a new step budget (a larger --max-steps
+    or --epochs), the one-cycle schedule for the new total, continued from the current step.
+
+    So the learning rate jumps once, to where the longer schedule would be at this step, and
+    the run ends annealed at its new total: what "train longer" asks for. (Restoring the
+    saved schedule would end the cycle at the old total and fail past it.)
+    """
+    fresh = scheduler.state_dict()
+    if saved.get("total_steps") == fresh["total_steps"]:
+        scheduler.load_state_dict(saved)
+        return
+    new_phases = {k: fresh[k] for k in ("total_steps", "_schedule_phases")}
+    scheduler.load_state_dict({**saved, **new_phases})
+    scheduler.last_epoch -= 1
+    scheduler.step()  # the lr of the next step, on the new schedule
+    log.warning(
+        "%s: step budget %s → %d: the learning-rate schedule is rebuilt for the new total "
+        "and continues from step %d",
+        run_dir,
+        saved.get("total_steps"),
+        fresh["total_steps"],
+        step,
+    )

@@ -10,16 +10,13 @@ caller hands in (the command builds it from `clipocr.evaluate`, a package above 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import torch
 import torch.distributed as dist
@@ -32,25 +29,26 @@ from clipocr.pipeline.errors import InputError, RunInterrupted
 from clipocr.pipeline.precision import autocast
 from clipocr.pipeline.preprocess import normalize
 from clipocr.pipeline.shards import DISK_FULL, shard_paths
-from clipocr.train_student.checkpoint import save_student
 from clipocr.train_student.config import TrainConfig
 from clipocr.train_student.dataset import DistillStream, StreamConfig
 from clipocr.train_student.device_augment import DeviceAugment
+from clipocr.train_student.init_from import INIT_RECORD, InitReport, init_student
 from clipocr.train_student.model import Student, student_config
 from clipocr.train_student.run_dir import (
     CONFIG_NAME,
-    HISTORY_NAME,
     STUDENT_NAME,
     check_run_dir,
     resume_checkpoint,
-    start_history,
     write_checkpoint,
 )
+from clipocr.train_student.run_lock import RunLock
+from clipocr.train_student.run_log import RunLog
 from clipocr.train_student.run_setup import (
     batch_seed,
     dist_env,
     open_store,
     pick_device,
+    rebuild_schedule,
     set_cpu_threads,
     unwrap_worker_error,
 )
@@ -74,17 +72,38 @@ class Trainer:
     """One training run; `run()` trains to the step budget and exports the student."""
 
     def __init__(
-        self, cfg: TrainConfig, resume: bool = False, validate: Validate | None = None
+        self,
+        cfg: TrainConfig,
+        resume: bool = False,
+        validate: Validate | None = None,
+        wait: bool = False,
     ) -> None:
         """`validate` runs every ``cfg.val_every`` steps and at the end when ``cfg.val`` names
-        validation sets (see `Validate`); without it, ``cfg.val`` is ignored with a warning."""
+        validation sets (see `Validate`); without it, ``cfg.val`` is ignored with a warning.
+        The run folder is locked from here until `run` ends (`run_lock`): another run holding
+        it is an error, or is waited for with `wait`."""
         self.cfg = cfg
         self.rank, self.world, local_rank = dist_env()
         self.is_main = self.rank == 0
+        self.run_dir = Path(cfg.out)
+        self.lock = RunLock(self.run_dir, wait) if self.is_main else None
+        try:
+            self._setup(cfg, resume, validate, local_rank)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give the run folder up (`run` does this when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _setup(
+        self, cfg: TrainConfig, resume: bool, validate: Validate | None, local_rank: int
+    ) -> None:
         if cfg.val and validate is None and self.is_main:
             log.warning("train: validation sets given but no validation to run them; skipped")
         self.validate = validate if cfg.val else None
-        self.run_dir = Path(cfg.out)
         check_run_dir(cfg, self.run_dir, resume)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -99,6 +118,9 @@ class Trainer:
         shard_paths(cfg.shards)  # every shard shards.json lists is there: an error now, not later
         self.store = open_store(cfg, self.charset) if cfg.distill else None
         self.student = Student(student_config(cfg.preset, charset=cfg.charset, **cfg.student))
+        self.init_report: InitReport | None = None
+        if cfg.init_from and not resume:  # a resumed run's weights come from its checkpoint
+            self.init_report = init_student(self.student, cfg.init_from)
         dims = self.store.spec.dims if self.store is not None else None
         self.system = DistillSystem(self.student, dims, cfg.heads).to(self.device)
         self.model = (
@@ -179,37 +201,12 @@ class Trainer:
                 f"{self.run_dir}: the run is at step {self.pos.step}, past the step budget "
                 f"{self.total_steps}; resume with a larger --max-steps (or --epochs)"
             )
-        self._restore_schedule(state["scheduler"])
+        rebuild_schedule(self.scheduler, state["scheduler"], self.run_dir, self.pos.step)
         if "scaler" in state:  # checkpoints written before fp16 had a scaler hold none
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-
-    def _restore_schedule(self, saved: dict) -> None:
-        """The saved schedule; with a new step budget (a larger --max-steps or --epochs), the
-        one-cycle schedule for the new total, continued from the current step.
-
-        So the learning rate jumps once, to where the longer schedule would be at this step, and
-        the run ends annealed at its new total: what "train longer" asks for. (Restoring the
-        saved schedule would end the cycle at the old total and fail past it.)
-        """
-        fresh = self.scheduler.state_dict()
-        if saved.get("total_steps") == fresh["total_steps"]:
-            self.scheduler.load_state_dict(saved)
-            return
-        new_phases = {k: fresh[k] for k in ("total_steps", "_schedule_phases")}
-        self.scheduler.load_state_dict({**saved, **new_phases})
-        self.scheduler.last_epoch -= 1
-        self.scheduler.step()  # the lr of the next step, on the new schedule
-        log.warning(
-            "%s: step budget %s → %d: the learning-rate schedule is rebuilt for the new total "
-            "and continues from step %d",
-            self.run_dir,
-            saved.get("total_steps"),
-            self.total_steps,
-            self.pos.step,
-        )
 
     # -- one step ------------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
@@ -258,10 +255,8 @@ class Trainer:
         )
 
     # -- the loop ------------------------------------------------------------------------------
-    def _record_validation(self, history: TextIO) -> None:
-        record = self.validate(self.student, self.device)
-        history.write(json.dumps({"step": self.pos.step, **record}) + "\n")
-        history.flush()
+    def _record_validation(self, runlog: RunLog) -> None:
+        runlog.validation(self.pos.step, self.validate(self.student, self.device), self.student)
 
     def run(self) -> Path:
         """Train to the step budget, export the student; a full disk or a killed DataLoader
@@ -283,13 +278,24 @@ class Trainer:
                 f"{self.run_dir}: disk full while training ({err.strerror}); finished checkpoints "
                 "are kept: free space and rerun with --resume"
             ) from None
+        finally:
+            self.release()
 
     def _run(self) -> Path:
-        history_path = self.run_dir / HISTORY_NAME
         if self.is_main:  # only now has the run really started (see `run_dir`)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.save(self.run_dir / CONFIG_NAME)
-            start_history(history_path, self.pos.step if self.resumed else None)
+            if self.init_report is not None:
+                self.init_report.save(self.run_dir / INIT_RECORD)
+        runlog = RunLog(
+            self.cfg, self.run_dir, self.pos.step if self.resumed else None, self.is_main
+        )
+        try:
+            return self._train(runlog)
+        finally:
+            runlog.close()
+
+    def _train(self, runlog: RunLog) -> Path:
         bar = tqdm(
             total=self.total_steps,
             initial=self.pos.step,
@@ -298,30 +304,29 @@ class Trainer:
             disable=not (self.cfg.progress and self.is_main),
         )
         loader = self._loader()
-        with open(history_path, "a") if self.is_main else open(os.devnull, "w") as history:
-            while self.pos.step < self.total_steps:
-                try:
-                    self._epoch(loader, history, bar)
-                except (InputError, OSError, RuntimeError) as err:  # bad input, full disk, dead
-                    # DataLoader worker (see `run`); a bug's RuntimeError keeps its traceback
-                    bar.close()  # so the error starts a line of its own
-                    raise unwrap_worker_error(err) from None
-            if self.validate and self.is_main and self.pos.step % self.cfg.val_every != 0:
-                self._record_validation(history)
+        while self.pos.step < self.total_steps:
+            try:
+                self._epoch(loader, runlog, bar)
+            except (InputError, OSError, RuntimeError) as err:  # bad input, full disk, dead
+                # DataLoader worker (see `run`); a bug's RuntimeError keeps its traceback
+                bar.close()  # so the error starts a line of its own
+                raise unwrap_worker_error(err) from None
+        if self.validate and self.is_main and self.pos.step % self.cfg.val_every != 0:
+            self._record_validation(runlog)
         bar.close()
         final = self.run_dir / STUDENT_NAME
         if self.is_main:
             if self.pos.step % self.cfg.ckpt_every != 0:
                 self.save_checkpoint()
-            save_student(final, self.student)
+            final = runlog.export(self.pos.step, self.student)
             from clipocr.train_student.curves import plot_curves
 
-            plot_curves(history_path, self.run_dir / "curves.png")
+            plot_curves(runlog.history_path, self.run_dir / "curves.png")
         if self.world > 1:
             dist.barrier()
         return final
 
-    def _epoch(self, loader: DataLoader, history: TextIO, bar: tqdm) -> None:
+    def _epoch(self, loader: DataLoader, runlog: RunLog, bar: tqdm) -> None:
         """The rest of the current epoch (or of the step budget), then on to the next epoch.
 
         The epoch ends when its counted batches are done or when the stream ends, whichever
@@ -343,10 +348,9 @@ class Trainer:
                 bar.set_postfix(
                     {k: f"{metrics[k]:.3g}" for k in metrics if k != "lr"}, refresh=False
                 )
-                history.write(json.dumps({"step": self.pos.step, **metrics}) + "\n")
-                history.flush()
+                runlog.write(self.pos.step, metrics)
             if self.validate and self.is_main and self.pos.step % self.cfg.val_every == 0:
-                self._record_validation(history)
+                self._record_validation(runlog)
             if self.is_main and self.pos.step % self.cfg.ckpt_every == 0:
                 self.save_checkpoint()
             if self.pos.step >= self.total_steps or self.pos.batch_in_epoch >= self.steps_per_epoch:
