@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_DIMS, WORDS, fake_store, make_shards
@@ -315,3 +316,67 @@ def test_a_format_1_ragged_store_still_trains(data, tmp_path: Path) -> None:
         assert torch.equal(a["text_s1"], b["text_s1"]) and torch.equal(
             a["text_mask"], b["text_mask"]
         )
+
+
+# -- issue 22: compact buffers, resume by counts, mixing across shards ------------------------
+def test_resume_with_a_store_is_exact_and_reads_no_chunk_of_passed_shards(data, monkeypatch):
+    """Skipped batches are passed by count: shards whose samples were all trained on are never
+    opened (no store chunk read, no image decoded), and the batches after are bit-identical."""
+    from clipocr.pipeline.teacher_store.streams import ChunkStream
+
+    shards, store_dir = data
+    cfg = StreamConfig(batch_size=5, augment=True, shuffle_buffer=1, open_shards=1, seed=2)
+    read: set[str] = set()
+    real = ChunkStream._read
+
+    def counted(self, i: int) -> None:
+        read.add(self.where.split("/")[-2])  # the group of the array
+        real(self, i)
+
+    monkeypatch.setattr(ChunkStream, "_read", counted)
+    stream = DistillStream(shards, CS, cfg, store=TeacherStore(store_dir))
+    read.clear()
+    full = _all(stream)
+    assert len(read) == 4
+    read.clear()
+    stream.set_epoch(0, skip_batches=2)
+    rest = _all(stream)
+    assert len(read) == 2  # the two shards of the skipped batches were never read
+    assert [b["keys"] for b in rest] == [b["keys"] for b in full[2:]]
+    for a, b in zip(rest, full[2:], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("images", "image_s1", "text_s3", "text_emb"))
+
+
+def test_resume_mid_buffer_across_open_shards_is_exact(data) -> None:
+    shards, store_dir = data
+    cfg = StreamConfig(batch_size=3, augment=False, shuffle_buffer=6, open_shards=3, seed=5)
+    stream = DistillStream(shards, CS, cfg, store=TeacherStore(store_dir))
+    full = _all(stream)
+    for skip in (1, 3):
+        stream.set_epoch(0, skip_batches=skip)
+        rest = _all(stream)
+        assert [b["keys"] for b in rest] == [b["keys"] for b in full[skip:]]
+        assert all(torch.equal(a["text_s2"], b["text_s2"]) for a, b in zip(rest, full[skip:]))
+
+
+def test_a_batch_draws_from_several_open_shards(data) -> None:
+    shards, _ = data
+
+    def shards_per_batch(open_shards: int) -> list[int]:
+        cfg = StreamConfig(batch_size=4, augment=False, shuffle_buffer=1, open_shards=open_shards)
+        batches = _all(DistillStream(shards, CS, cfg))
+        return [len({k.split("/")[0] for k in b["keys"]}) for b in batches]
+
+    assert shards_per_batch(1)[0] == 1
+    assert shards_per_batch(4)[0] == 4  # round robin over four open shards
+
+
+def test_buffered_samples_hold_compact_copies(data) -> None:
+    """A sample waiting in the buffer holds its own rows in the store's dtype, not a view
+    that would keep a whole decoded chunk alive."""
+    shards, store_dir = data
+    stream = DistillStream(shards, CS, StreamConfig(augment=False), store=TeacherStore(store_dir))
+    sample = next(stream._joined(list(stream.counts)))
+    for tap in ("image_s1", "text_s2", "text_emb"):
+        x = sample["feats"][tap]
+        assert x.dtype == np.float16 and (x.base is None or x.base.nbytes == x.nbytes), tap

@@ -47,3 +47,13 @@ def test_tmp_owner() -> None:
     assert tmp_owner(f".tmp-{hexid}-shard-000001") == "shard-000001"
     assert tmp_owner("shard-000001") is None
     assert tmp_owner(".tmp-short-shard") is None
+
+
+def test_tmp_groups_by_name(tmp_path: Path) -> None:
+    loc = Location(tmp_path / "root")
+    assert loc.tmp_groups("shard-1") == []  # no folder yet
+    a, b = uuid.uuid4().hex, uuid.uuid4().hex
+    for name in (f".tmp-{a}-shard-1", f".tmp-{b}-shard-1", f".tmp-{a}-shard-11", "shard-1"):
+        (tmp_path / "root" / name).mkdir(parents=True)
+    assert loc.tmp_groups("shard-1") == sorted([f".tmp-{a}-shard-1", f".tmp-{b}-shard-1"])
+    assert Location("memory://nothing-here").tmp_groups("shard-1") == []  # written in place

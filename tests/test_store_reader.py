@@ -182,3 +182,33 @@ def test_store_without_source_digests_is_noted_not_failed(tmp_path: Path) -> Non
     report = store.verify(None, tmp_path)
     assert report["ok"] and report["unsourced"] == [SHARD]
     assert "no source digests recorded" in format_verify_report(report)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "int8-channel"])
+def test_open_samples_gives_compact_copies_and_skips_without_reading(
+    tmp_path: Path, codec: str, monkeypatch
+) -> None:
+    """The trainer's path: each sample its own rows in the stored dtype (no view keeping a
+    decoded chunk alive), and a skip over whole chunks reads none of them (a resumed run)."""
+    from clipocr.pipeline.teacher_store.streams import ChunkStream, Encoded, decode_rows
+
+    write_shard(tmp_path / "s", spec(codec=codec), [6, 6, 4], chunk=4)
+    store = TeacherStore(tmp_path / "s")
+    want = dict(store.iter_shard(SHARD))
+    samples = store.open_samples(SHARD)
+    key, first = samples.take()
+    value = first["image_s1"]
+    data = value.data if isinstance(value, Encoded) else value
+    assert data.dtype == (np.int8 if codec.startswith("int") else np.float16)
+    assert data.base is None or data.base.nbytes == data.nbytes  # not a view into the chunk
+    read: list[tuple[str, int]] = []
+    real = ChunkStream._read
+    monkeypatch.setattr(ChunkStream, "_read",
+                        lambda self, i: (read.append((self.where, i)), real(self, i)))  # fmt: skip
+    samples.skip(8)  # samples 1..8: chunk 1 (samples 4..7) of the image taps is never read
+    key, ninth = samples.take()
+    assert key == f"{SHARD}/000009"
+    for tap, got in ninth.items():
+        np.testing.assert_array_equal(decode_rows(got), want[key][tap])
+    assert not [i for where, i in read if where.endswith("/image_s1") and i == 1]
+    assert (f"{tmp_path / 's'}/{SHARD}/image_s1", 2) in read

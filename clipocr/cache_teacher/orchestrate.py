@@ -24,12 +24,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask
 import torch
-from distributed import Client, LocalCluster, as_completed, get_worker
+from distributed import Client, as_completed, get_worker
 from tqdm import tqdm
 
-from clipocr.cache_teacher.label_table import distinct_labels, shard_labels, write_text_table
+from clipocr.cache_teacher.cluster import cluster_client
+from clipocr.cache_teacher.label_table import ShardLabels, labels_of_shards, write_text_table
 from clipocr.cache_teacher.runner import RunnerConfig, cache_shard
 from clipocr.cache_teacher.teacher import (
     ImageTaps,
@@ -40,7 +40,13 @@ from clipocr.cache_teacher.teacher import (
 )
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.shards import DISK_FULL, load_index, shard_paths
-from clipocr.pipeline.teacher_store import StoreSpec, TeacherStoreWriter, shard_group_name
+from clipocr.pipeline.teacher_store import (
+    MANIFEST_NAME,
+    StoreSpec,
+    TeacherStoreWriter,
+    shard_group_name,
+)
+from clipocr.pipeline.teacher_store.location import Location
 from clipocr.pipeline.threads import cpu_threads
 
 log = logging.getLogger(__name__)
@@ -124,10 +130,10 @@ def run_shard(job: CacheJob, shard: str, expected: int | None = None) -> dict | 
     if writer.is_complete(name):
         return {"shard": Path(shard).name, "count": None, "missing": [], "skipped": True}
     try:
-        labels = shard_labels(shard) if job.text_layout == "table" else None
-        runs = ImageTaps(teacher) if labels is not None else teacher
+        # table layout: each decoded batch brings its labels (no pass over the shard's labels)
+        runs = ImageTaps(teacher) if job.text_layout == "table" else teacher
         # an unfinished group is removed on the way out
-        with writer.open_shard(name, expected=expected, labels=labels) as group:
+        with writer.open_shard(name, expected=expected) as group:
             return cache_shard(runs, group, Path(shard), job.runner)
     except OSError as err:
         if err.errno not in DISK_FULL:
@@ -144,18 +150,6 @@ def _cancel_unstarted(client: Client, futures: list) -> None:
     group), so no writer is cut off mid-shard when the driver stops."""
     running = {key for keys in client.processing().values() for key in keys}
     client.cancel([f for f in futures if not f.done() and f.key not in running])
-
-
-def _client(scheduler: str | None, workers: int | None, processes: bool) -> Client:
-    if scheduler:
-        return Client(scheduler)
-    n = workers or max(torch.cuda.device_count(), 1)
-    # Worker processes must be allowed children: each task decodes in DataLoader workers.
-    dask.config.set({"distributed.worker.daemon": False})
-    cluster = LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0"
-    )
-    return Client(cluster)
 
 
 @dataclass
@@ -178,12 +172,12 @@ class CacheResult:
         return sum(len(r["missing"]) for r in self.done)
 
 
-def _labels_of(shard: str) -> set[str] | BadShard:
-    """One dask task: a shard's distinct labels (a bad shard is a result, as in `run_shard`)."""
-    try:
-        return distinct_labels(shard)
-    except InputError as err:
-        return BadShard(Path(shard).name, str(err))
+def _label_tasks(client: Client, pending: list[str]) -> list[list[str]]:
+    """The pending shards in groups, about four per dask thread: a task per shard would cost
+    the scheduler more than reading a shard's labels does."""
+    threads = max(sum(client.nthreads().values()), 1)
+    n = min(len(pending), 4 * threads)
+    return [pending[i::n] for i in range(n)]
 
 
 def _fill_text_table(
@@ -196,12 +190,13 @@ def _fill_text_table(
     """Give the store's text table every label of the `pending` shards before they are cached
     (one new part for the labels it lacks); False, with the failure in `summary`, if that failed.
     """
-    per_shard = client.gather(client.map(_labels_of, pending, pure=False))
-    for bad in [labels for labels in per_shard if isinstance(labels, BadShard)]:
-        summary.failed[bad.shard] = bad.reason  # its shard task fails alike (reported once)
-        per_shard.remove(bad)
-    have = writer.text_index(refresh=True)
-    new = sorted(set().union(*per_shard) - set(have))
+    labels: set[str] = set()
+    for future in as_completed(client.map(labels_of_shards, _label_tasks(client, pending),
+                                          pure=False)):  # fmt: skip
+        found: ShardLabels = future.result()
+        summary.failed |= found.bad  # their shard tasks fail alike (reported once)
+        labels.update(found.labels())
+    new = writer.text_index(refresh=True).missing(sorted(labels))
     if not new:
         return True
     future = client.submit(run_text_table, job, new, pure=False)
@@ -213,6 +208,22 @@ def _fill_text_table(
         return False
     log.info("text table: %d new labels in part %d", len(new), part)
     return True
+
+
+def _store_exists(out: str) -> bool:
+    return Location(out).exists(MANIFEST_NAME)
+
+
+def _interrupted(out: str, spec: StoreSpec, paths: list[Path]) -> str:
+    """The one line of a run stopped by Ctrl-C or SIGTERM: what the store keeps, what next."""
+    done = 0
+    if _store_exists(out):
+        writer = TeacherStoreWriter(out, spec)
+        done = sum(writer.is_complete(shard_group_name(p)) for p in paths)
+    return (
+        f"{out}: interrupted; {done} of {len(paths)} shard(s) are cached and kept: rerun the "
+        "same command to resume"
+    )
 
 
 def run_cache(
@@ -232,22 +243,29 @@ def run_cache(
             f"{job.shards}: shards use charset {index['charset']}, teacher asked for "
             f"{job.teacher.charset}"
         )
-    # The driver creates (or checks) the manifest before any worker starts.
+    # The driver checks an existing store's manifest before any worker starts, and creates a
+    # new store only once the cluster is up: a scheduler it cannot reach leaves no store behind.
     driver_teacher = load_teacher(job.teacher, "cpu")
-    writer = TeacherStoreWriter(job.out, job.spec(driver_teacher))
+    spec = job.spec(driver_teacher)
     del driver_teacher
+    writer = TeacherStoreWriter(job.out, spec) if _store_exists(job.out) else None
     counts = {shard_group_name(s["name"]): int(s["count"]) for s in index["shards"]}
-    pending = [str(p) for p in paths if not writer.is_complete(shard_group_name(p))]
+    pending = [str(p) for p in paths if not (writer and writer.is_complete(shard_group_name(p)))]
     summary = CacheResult(shards=len(paths), already_done=len(paths) - len(pending))
     if not pending:
         return summary
-    with _client(scheduler, dask_workers, processes) as client:
-        bar = tqdm(  # once connected: an unreachable scheduler's error gets a line of its own
+    with (
+        cluster_client(
+            scheduler, dask_workers, processes, lambda: _interrupted(job.out, spec, paths)
+        ) as client,
+        tqdm(  # once connected: an unreachable scheduler's error gets a line of its own
             total=sum(counts[shard_group_name(p)] for p in pending),
             desc="cache-teacher",
             unit="img",
             disable=not progress,
-        )
+        ) as bar,
+    ):
+        writer = writer or TeacherStoreWriter(job.out, spec)
         table = job.text_layout == "table"
         if table and not _fill_text_table(client, job, writer, pending, summary):
             bar.close()

@@ -62,7 +62,9 @@ class RunnerConfig:
 
 
 class _WriterThread(threading.Thread):
-    """Consumes (keys, GPU features) and appends them to the shard group, off the compute path."""
+    """Consumes (keys, GPU features, labels) and appends them to the shard group, off the compute
+    path. The labels go with each batch (a table-layout group looks up its references from
+    them), so no task reads the shard's labels in a pass of its own (issue 22)."""
 
     def __init__(self, group: ShardGroupWriter, as_float32: bool) -> None:
         super().__init__(daemon=True)
@@ -74,7 +76,7 @@ class _WriterThread(threading.Thread):
         while (job := self.jobs.get()) is not None:
             if self.error is not None:
                 continue  # drain
-            keys, feats = job
+            keys, feats, labels = job
             try:
                 arrays = {}
                 for name, t in feats.items():
@@ -83,14 +85,16 @@ class _WriterThread(threading.Thread):
                     else:
                         t = t.float() if self.as_float32 else t.half()
                         arrays[name] = t.cpu().numpy()
+                if self.group.refs:
+                    self.group.give_labels(keys, labels)
                 self.group.append(keys, arrays)
             except BaseException as err:  # re-raised in the compute thread
                 self.error = err
 
-    def put(self, keys: list[str], feats: dict[str, torch.Tensor]) -> None:
+    def put(self, keys: list[str], feats: dict[str, torch.Tensor], labels: list[str]) -> None:
         if self.error is not None:
             raise self.error
-        self.jobs.put((keys, feats))
+        self.jobs.put((keys, feats, labels))
 
     def finish(self) -> None:
         self.jobs.put(None)
@@ -139,7 +143,7 @@ def cache_shard(
                 images = batch.images.to(device, non_blocking=True)
                 with autocast(cfg.precision, device):
                     feats = teacher.features(images, batch.labels)
-                writer.put(batch.keys, feats)
+                writer.put(batch.keys, feats, batch.labels)
             if on_batch is not None:
                 on_batch(len(batch.keys) + len(batch.missing))
     finally:

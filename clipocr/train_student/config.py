@@ -49,9 +49,13 @@ class TrainConfig:
     workers: int = 2
     threads: int | None = None  # torch intra-op threads on CPU; None = cores minus workers
     shuffle_buffer: int = 1000
+    open_shards: int = 8  # shards each DataLoader worker interleaves (mixing across shards)
     augment: bool = True
     augment_from_epoch: int = 0  # clean images for the first N epochs, then augmented (issue 13)
     augment_on: str = "host"  # host: PIL in the DataLoader workers; device: the batch, batched
+    # a K-view store (issue 19) whose views would not replay bit for bit here: train anyway (the
+    # log says how many probe pixels differ) instead of refusing it
+    allow_view_drift: bool = False
     seed: int = 0
     device: str = "auto"
     # bookkeeping
@@ -71,7 +75,8 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise InputError(f"train: unknown --precision {self.precision!r}")
         at_least = {"batch_size": 1, "epochs": 1, "max_steps": 1, "threads": 1, "workers": 0,
-                    "shuffle_buffer": 1, "val_every": 1, "ckpt_every": 1, "keep_checkpoints": 1,
+                    "shuffle_buffer": 1, "open_shards": 1, "val_every": 1, "ckpt_every": 1,
+                    "keep_checkpoints": 1,
                     "keep_best": 0, "log_every": 1, "lr": 0.0, "grad_clip": 0.0,
                     "weight_decay": 0.0}  # fmt: skip
         for name, low in at_least.items():
@@ -128,7 +133,7 @@ class TrainConfig:
     # depends on how the shards are split between the workers).
     RESUMABLE_CHANGES = ("max_steps", "epochs", "val", "val_every", "ckpt_every", "progress",
                          "threads", "device", "log_every", "keep_checkpoints", "keep_best",
-                         "export", "log")  # fmt: skip
+                         "export", "log", "allow_view_drift")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,13 +1,19 @@
 """The training stream: tar shards joined with their cached teacher targets (DESIGN §3, §5, §8).
 
 Per shard, the images of the tar and the targets of the shard's Zarr group are read in the same
-stored order and zipped by key (whole-chunk reads on the store side), then shuffled in a buffer,
-decoded, augmented and collated into padded batches. Shards are split by DDP rank and by
-DataLoader worker, re-ordered every epoch from the seed.
+stored order and zipped by key (whole-chunk reads on the store side). Shards are split by DDP
+rank and by DataLoader worker, re-ordered every epoch from the seed; each worker reads
+`StreamConfig.open_shards` of its shards at once and hands samples out through a shuffle buffer
+(`mixing`), then they are decoded, augmented and collated into padded batches.
 
-Everything random is a pure function of ``(seed, epoch, rank, worker)`` and of each sample's key,
-so a resumed run can skip the batches it already trained on *without decoding them* and continue
-with exactly the batches an uninterrupted run would have seen.
+A buffered sample holds its own compact copy of its targets in the store's dtype (float16, or
+int8 + scales), never a view into a decoded chunk, so a worker's memory is bounded by buffer ×
+sample bytes + one chunk per open shard; targets become float32/float16 tensors at collate.
+
+Everything random is a pure function of ``(seed, epoch, rank, worker)``, the shards' counts and
+each sample's key, so a resumed run knows which samples its first batches held without reading
+them: it passes them by count (whole store chunks unread, no image decoded) and continues with
+exactly the batches an uninterrupted run would have seen.
 
 Text targets past EOS (``StreamConfig.text_pad``): ``masked`` (default) pads them with zeros and
 marks them invalid in ``text_mask``; ``align`` — the official code's way, from a store cached with
@@ -26,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from clipocr.pipeline.charset import Charset
@@ -34,8 +39,10 @@ from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.preprocess import decode_image, resize, to_uint8_tensor
 from clipocr.pipeline.shards import iter_shard_raw, load_index
 from clipocr.pipeline.teacher_store import STAGES_IMAGE, STAGES_TEXT, TEXT_PADS, TeacherStore
-from clipocr.pipeline.teacher_store.reader import TEXT_LABEL
+from clipocr.pipeline.teacher_store.reader import TEXT_LABEL, GroupSamples
+from clipocr.pipeline.teacher_store.streams import Encoded, decode_rows, stack_rows
 from clipocr.train_student.augment import StudentAugment
+from clipocr.train_student.mixing import plan
 
 
 def assign_shards(
@@ -76,6 +83,7 @@ class StreamConfig:
     seed: int = 0
     augment_from_epoch: int = 0  # epochs before this one see clean images (a curriculum)
     text_pad: str | None = None  # "masked" | "align"; None = as the store was cached
+    open_shards: int = 8  # shards each worker reads at once, round robin (mixing, `mixing`)
 
 
 class DistillStream(IterableDataset):
@@ -135,9 +143,11 @@ class DistillStream(IterableDataset):
             self.counts[name] = have[name]
         # The reader checks a group's arrays against the manifest as it opens it: reading one
         # sample now refuses an edited or mismatched manifest before training, not mid-epoch.
+        # The text table, if any, is unpacked on this node (once) before workers start.
+        store.prepare(self.text_pad)
         first = next((name for name, n in have.items() if n and name in self.counts), None)
-        if first is not None:  # (and reads the text table, if any, before workers fork)
-            next(iter(store.iter_shard(first, self.text_pad)))
+        if first is not None:
+            store.open_samples(first, self.text_pad).take()
 
     # -- bookkeeping the trainer uses ----------------------------------------------------------
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -169,32 +179,11 @@ class DistillStream(IterableDataset):
 
     # -- the stream ----------------------------------------------------------------------------
     def _joined(self, names: list[str]) -> Iterator[dict]:
+        """Every sample of `names`, one shard after the other, in stored order (tools, benches)."""
         for name in names:
-            path = self.shard_dir / f"{name}.tar"
-            samples = iter_shard_raw(path)
-            if self.store is None:
-                for key, data, label in samples:
-                    yield {"key": key, "data": data, "label": label}
-                continue
-            missing = self.missing[name]
-            targets = self.store.iter_shard(name, self.text_pad)
-            for key, data, label in samples:
-                if key in missing:
-                    continue  # the teacher could not read this image either
-                try:
-                    tkey, feats = next(targets)
-                except StopIteration:
-                    raise InputError(
-                        f"{self.store.root}/{name}: fewer teacher targets than samples in {path} "
-                        f"(ran out at {key})"
-                    ) from None
-                if tkey != key:
-                    raise InputError(
-                        f"{self.store.root}/{name}: key {tkey} where {path} has {key}; "
-                        "the store was made from other shards"
-                    )
-                self._check_text(name, key, label, feats)
-                yield {"key": key, "data": data, "label": label, "feats": feats}
+            shard = _ShardSamples(self, name)
+            for _ in range(self.counts[name]):
+                yield shard.take()
 
     def _check_text(self, name: str, key: str, label: str, feats: dict) -> None:
         """The sample's text targets belong to its label (table layout: the very label)."""
@@ -206,7 +195,9 @@ class DistillStream(IterableDataset):
             )
         if STAGES_TEXT[0] not in feats:
             return
-        rows, have = len(label) + 1, feats[STAGES_TEXT[0]].shape[0]
+        value = feats[STAGES_TEXT[0]]
+        rows = len(label) + 1
+        have = len(value.data) if isinstance(value, Encoded) else len(value)
         if (have != rows) if self.text_pad == "masked" else (have < rows):
             raise InputError(
                 f"{where}: sample {key} has {have} text rows for label {label!r} (expected "
@@ -235,20 +226,88 @@ class DistillStream(IterableDataset):
         names = assign_shards(
             list(self.counts), self.cfg.seed, self.epoch, self.rank, self.world, worker, workers
         )
+        counts = [self.counts[n] for n in names]
         skip = batches_to_skip(self._per_worker_batches(self.rank, self.epoch), self.skip)
-        rng = random.Random(f"{self.cfg.seed}/{self.epoch}/{self.rank}/{worker}")
-        stream = self._joined(names)
-        if self.cfg.shuffle_buffer > 1:
-            buf = self.cfg.shuffle_buffer
-            stream = wds.shuffle(buf, initial=buf, rng=rng)(stream)
-        # Batches are cut before decoding so that skipped ones cost no decode or augmentation.
-        batches = wds.batched(self.cfg.batch_size, collation_fn=list)(stream)
-        for i, group in enumerate(batches):
-            if i < skip[worker]:
-                continue
-            decoded = [s for s in map(self._decode, group) if s is not None]
-            if decoded:
-                yield collate(decoded, self.charset, self.text_pad)
+        seed = f"{self.cfg.seed}/{self.epoch}/{self.rank}/{worker}"
+        order = plan(counts, self.cfg.open_shards, self.cfg.shuffle_buffer, seed)
+        bs = self.cfg.batch_size
+        start = min(skip[worker] * bs, len(order))
+        needed = order.needed(start)  # samples of the skipped batches are passed unread
+        open_: dict[int, _ShardSamples] = {}
+        passed = [0] * len(names)  # per shard: samples to pass before the next one is taken
+        held: dict[int, dict] = {}  # read, not yet handed out: at most the shuffle buffer
+        read, group = 0, []
+        for t in range(start, len(order)):
+            while read < order.reads[t]:
+                s = int(order.shard[read])
+                if needed[read]:
+                    shard = open_.get(s) or open_.setdefault(s, _ShardSamples(self, names[s]))
+                    shard.skip(passed[s])
+                    passed[s] = 0
+                    held[read] = shard.take()
+                else:
+                    passed[s] += 1
+                if order.index[read] == counts[s] - 1:
+                    open_.pop(s, None)  # the shard is done: its chunks and file go
+                read += 1
+            group.append(held.pop(int(order.emit[t])))
+            if len(group) == bs or t == len(order) - 1:
+                decoded = [s for s in map(self._decode, group) if s is not None]
+                group = []
+                if decoded:
+                    yield collate(decoded, self.charset, self.text_pad)
+
+
+class _ShardSamples:
+    """One shard's joined samples (tar + store group) in order. `skip` passes samples without
+    decoding anything (the tar's members are read past; store chunks holding only passed
+    samples are not read at all); `take` returns the next sample with its compact targets."""
+
+    def __init__(self, stream: DistillStream, name: str) -> None:
+        self.stream, self.name = stream, name
+        self.path = stream.shard_dir / f"{name}.tar"
+        self.samples = iter_shard_raw(self.path)
+        store = stream.store
+        self.targets: GroupSamples | None = None
+        if store is not None:
+            self.targets = store.open_samples(name, stream.text_pad)
+        self.missing = stream.missing.get(name, set())
+
+    def _raw(self) -> tuple[str, bytes, str]:
+        for key, data, label in self.samples:
+            if key not in self.missing:  # the teacher could not read this image either
+                return key, data, label
+        raise InputError(f"{self.path}: fewer samples than shards.json and the store count")
+
+    def _match(self, key: str) -> None:
+        store, targets = self.stream.store, self.targets
+        if targets.next >= targets.count:
+            raise InputError(
+                f"{store.root}/{self.name}: fewer teacher targets than samples in {self.path} "
+                f"(ran out at {key})"
+            )
+        if targets.keys[targets.next] != key:
+            raise InputError(
+                f"{store.root}/{self.name}: key {targets.keys[targets.next]} where {self.path} "
+                f"has {key}; the store was made from other shards"
+            )
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            key, _, _ = self._raw()
+            if self.targets is not None:
+                self._match(key)
+                self.targets.skip(1)
+
+    def take(self) -> dict:
+        key, data, label = self._raw()
+        sample = {"key": key, "data": data, "label": label}
+        if self.targets is not None:
+            self._match(key)
+            _, feats = self.targets.take()
+            self.stream._check_text(self.name, key, label, feats)
+            sample["feats"] = feats
+        return sample
 
 
 def collate(samples: list[dict], charset: Charset, text_pad: str = "masked") -> dict:
@@ -269,7 +328,7 @@ def collate(samples: list[dict], charset: Charset, text_pad: str = "masked") -> 
         return batch
     feats = [s["feats"] for s in samples]
     for name in STAGES_IMAGE:
-        batch[name] = torch.from_numpy(np.stack([f[name] for f in feats])).half()
+        batch[name] = torch.from_numpy(stack_rows([f[name] for f in feats])).half()
     width = tgt_in.shape[1]
     align = text_pad == "align"
     mask = torch.zeros(len(samples), width, dtype=torch.bool)
@@ -277,11 +336,13 @@ def collate(samples: list[dict], charset: Charset, text_pad: str = "masked") -> 
         mask[row, : width if align else len(label) + 1] = True
     batch["text_mask"] = mask
     for name in STAGES_TEXT:
-        dim = feats[0][name].shape[1]
+        rows = [f[name] for f in feats]
+        dim = (rows[0].data if isinstance(rows[0], Encoded) else rows[0]).shape[1]
         padded = np.zeros((len(samples), width, dim), dtype=np.float16)
-        for row, f in enumerate(feats):
-            rows = f[name][:width]
-            padded[row, : rows.shape[0]] = rows
+        for row, value in enumerate(rows):
+            value = decode_rows(value) if isinstance(value, Encoded) else value
+            n = min(len(value), width)
+            padded[row, :n] = value[:n]
         batch[name] = torch.from_numpy(padded)
-    batch["text_emb"] = torch.from_numpy(np.stack([f["text_emb"] for f in feats])).half()
+    batch["text_emb"] = torch.from_numpy(stack_rows([f["text_emb"] for f in feats])).half()
     return batch

@@ -138,6 +138,7 @@ class Trainer:
                 cfg.augment and cfg.augment_on == "host",
                 cfg.seed,
                 cfg.augment_from_epoch,
+                open_shards=cfg.open_shards,
             ),
             store=self.store,
             rank=self.rank,

@@ -11,11 +11,16 @@ reads stores without loading the teacher's code. Its modules, bottom up:
 * `ownership` — which writer owns an unpublished group, and when that writer is gone;
 * `integrity` — every array at its counted rows, every chunk present and checksummed;
 * `sources` — the digest of the source shard a group was cached from (`shard_digest`);
+* `streams` — a group's arrays read a chunk at a time, compact per-sample copies, skips;
+* `table_parts` — the text table's parts on storage and the label index (kept per process);
 * `group_writer` — what every group writer shares: preallocated arrays, taps encoded in parallel;
-* `text_table` — the label-keyed text table (``table`` text layout): `TablePartWriter`, `TextTable`;
+* `table_writer` — `TablePartWriter` writes one part of the label-keyed text table;
 * `writer` — `TeacherStoreWriter` creates a store, `ShardGroupWriter` fills one shard's group;
-* `reader` — `TeacherStore` lists and streams groups, checks their sources;
-* `verify` — `TeacherStore.verify`'s full check, and `format_verify_report`.
+* `table_flat` — a table part unpacked once per node and memory-mapped by every reader;
+* `text_table` — `TextTable`, the read side of the table (``table`` text layout);
+* `store_view` — `StoreView`: manifest, groups and their arrays, checked, for any reader;
+* `verify` — `TeacherStore.verify`'s full check, and `format_verify_report`;
+* `reader` — `TeacherStore` lists and streams groups, checks their sources.
 
 Layout::
 
@@ -66,7 +71,7 @@ from clipocr.pipeline.teacher_store.spec import (
     StoreSpec,
     shard_group_name,
 )
-from clipocr.pipeline.teacher_store.text_table import TablePartWriter, open_table_part
+from clipocr.pipeline.teacher_store.table_writer import TablePartWriter, open_table_part
 from clipocr.pipeline.teacher_store.verify import format_verify_report
 from clipocr.pipeline.teacher_store.writer import ShardGroupWriter, TeacherStoreWriter
 

@@ -23,21 +23,31 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import zarr
 
-from clipocr.pipeline.teacher_store.codecs import count_nonfinite
+from clipocr.pipeline.teacher_store.codecs import Codec, count_nonfinite
 from clipocr.pipeline.teacher_store.integrity import ARRAY_CONFIG, array_problems, checksummed
-from clipocr.pipeline.teacher_store.location import tmp_name
+from clipocr.pipeline.teacher_store.location import Location, tmp_name
 from clipocr.pipeline.teacher_store.ownership import OwnerRecord, read_owner
-from clipocr.pipeline.teacher_store.spec import STORE_FORMAT
-
-if TYPE_CHECKING:
-    from clipocr.pipeline.teacher_store.writer import TeacherStoreWriter
+from clipocr.pipeline.teacher_store.spec import STORE_FORMAT, StoreSpec
 
 log = logging.getLogger(__name__)
+
+
+class StoreHandle(Protocol):
+    """What a group writer needs of the store it writes into (`writer.TeacherStoreWriter` is
+    one). A protocol, so this module and the writers built on it never import `writer`."""
+
+    loc: Location
+    spec: StoreSpec
+    codec: Codec
+    chunk_samples: int
+
+    def pool(self) -> ThreadPoolExecutor | None: ...
+
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
@@ -114,7 +124,7 @@ class GroupWriter:
 
     def __init__(
         self,
-        store: TeacherStoreWriter,
+        store: StoreHandle,
         parent: str,
         name: str,
         attrs: dict[str, Any],

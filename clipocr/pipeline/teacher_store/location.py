@@ -89,6 +89,21 @@ class Location:
             e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
         )
 
+    def tmp_groups(self, name: str, parent: str = "") -> list[str]:
+        """The temporary groups of group `name` (under `parent`), by name alone.
+
+        One listing of names, no per-entry stat (fsspec's detailed listing stats every entry:
+        5 → 50 ms from 321 to 3,201 groups, issue 22). Only local stores have temporary groups:
+        object stores write in place, so there it lists nothing."""
+        if not self.local:
+            return []
+        try:
+            names = os.listdir(self.path / parent if parent else self.path)
+        except FileNotFoundError:
+            return []
+        end = f"-{name}"
+        return sorted(d for d in names if d.endswith(end) and tmp_owner(d) == name)
+
     def remove(self, name: str) -> None:
         if self.local:
             shutil.rmtree(self.path / name, ignore_errors=True)

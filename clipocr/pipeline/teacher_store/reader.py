@@ -1,18 +1,22 @@
 """Read side: `TeacherStore` lists complete groups, streams their targets, and verifies them.
 
-Reading (`TeacherStore.iter_shard`, `iter_chunks`) streams a group front to back, reading and
-decoding every chunk exactly once: no per-sample random access. Samples the teacher could not
-process (undecodable images) are absent from the arrays and listed in the ``missing`` attribute.
-In the ``table`` text layout each sample's text taps come from the store's text table
-(`text_table.TextTable`, read whole once per part), so the per-sample API is the same for both
-layouts; ``text_pad="align"`` returns every position of the text tower instead of L + 1 rows.
+Reading streams a group front to back, reading and decoding every chunk it needs exactly once:
+no per-sample random access into the groups. Samples the teacher could not process
+(undecodable images) are absent from the arrays and listed in the ``missing`` attribute. In the
+``table`` text layout each sample's text taps come from the store's text table (`text_table`,
+memory-mapped once per node), so the per-sample API is the same for both layouts;
+``text_pad="align"`` returns every position of the text tower instead of L + 1 rows.
 
-Reading checks as it goes what it can check cheaply: before streaming a group, that each array
-has the shape its counts give and all its chunk files (a missing chunk would read as zeros);
-while streaming, every chunk's CRC32C (Zarr checks it on decoding). Any failure is an InputError
-naming the group and array, never values that are silently wrong. `check_sources` compares the
-source shards a store was cached from with the ones given. `TeacherStore.verify` (module
-`verify`) checks everything and lists problems instead of raising.
+Three ways to read a group:
+
+* `open_samples` — the trainer's: one sample at a time as compact copies in the stored dtype
+  (float16, or int8 + scales), decoded only when a batch is collated, and `GroupSamples.skip`
+  passes samples by count without reading their chunks (a resumed run, issue 22);
+* `iter_shard` — the same samples decoded to float32, for tools and tests;
+* `iter_chunks` — a storage chunk of samples at a time, float32.
+
+`check_sources` compares the source shards a store was cached from with the ones given.
+`TeacherStore.verify` (module `verify`) checks everything and lists problems instead of raising.
 """
 
 from __future__ import annotations
@@ -21,106 +25,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from clipocr.pipeline.errors import InputError
-from clipocr.pipeline.teacher_store import sources
-from clipocr.pipeline.teacher_store.codecs import Codec, parse_codec
-from clipocr.pipeline.teacher_store.integrity import array_problems, expected_shapes
-from clipocr.pipeline.teacher_store.location import TMP_PREFIX, Location, group_attrs
-from clipocr.pipeline.teacher_store.spec import (
-    DEFAULT_CHUNK_SAMPLES,
-    MANIFEST_NAME,
-    STAGES_IMAGE,
-    STAGES_TEXT,
-    TEXT_PADS,
-    StoreSpec,
-    diff_fields,
-    jsonable,
-    read_manifest,
-    shard_group_name,
-)
+from clipocr.pipeline.teacher_store.spec import MANIFEST_NAME, STAGES_TEXT, TEXT_PADS
+from clipocr.pipeline.teacher_store.store_view import StoreView
+from clipocr.pipeline.teacher_store.streams import ChunkStream, Rows, TapStream, decode_rows
 from clipocr.pipeline.teacher_store.text_table import TextTable
 from clipocr.pipeline.teacher_store.verify import verify_store
-
-
-class _ChunkStream:
-    """Reads one array front to back a whole chunk at a time, handing out any number of rows."""
-
-    def __init__(self, array: zarr.Array, where: str) -> None:
-        self.array = array
-        self.where = where
-        self.chunk = array.chunks[0]
-        self.pos = 0
-        self.buf = np.empty((0, *array.shape[1:]), array.dtype)
-        self.off = 0
-
-    def take(self, n: int) -> np.ndarray:
-        parts = []
-        while n > 0:
-            if self.off == len(self.buf):
-                self.buf = self._read()
-                if not len(self.buf):
-                    raise InputError(f"{self.where}: ends before the rows its group counts")
-                self.pos += len(self.buf)
-                self.off = 0
-            k = min(n, len(self.buf) - self.off)
-            parts.append(self.buf[self.off : self.off + k])
-            self.off += k
-            n -= k
-        if not parts:
-            return self.buf[0:0]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def _read(self) -> np.ndarray:
-        try:
-            return self.array[self.pos : self.pos + self.chunk]
-        except Exception as err:  # checksum mismatch, codec error, I/O error
-            raise InputError(
-                f"{self.where}: chunk {self.pos // self.chunk} unreadable ({type(err).__name__}: "
-                f"{err}); the store is damaged: delete this group and rerun cache-teacher"
-            ) from None
-
-
-class _TapStream:
-    """One tap of one group, decoded to float32 as it streams."""
-
-    def __init__(self, group: zarr.Group, tap: str, codec: Codec, where: str) -> None:
-        self.codec = codec
-        self.data = _ChunkStream(group[tap], f"{where}/{tap}")
-        scale = f"{tap}_scale"
-        self.scale = _ChunkStream(group[scale], f"{where}/{scale}") if codec.has_scale else None
-        # A shard committed with no samples was never calibrated and has no channel scales.
-        chscale = f"{tap}_chscale"
-        self.chscale = group[chscale][:] if codec.per_channel and chscale in group else None
-
-    def take(self, n: int) -> np.ndarray:
-        data = self.data.take(n)
-        scale = self.scale.take(n) if self.scale else None
-        return self.codec.decode(data, scale, self.chscale)
-
 
 # The per-sample entry holding the label a table-layout sample's text targets were made for.
 TEXT_LABEL = "text_label"
 
 
-class TeacherStore:
-    """Read side: lists complete shard groups and streams their targets in stored order."""
+class TeacherStore(StoreView):
+    """Read side: lists complete shard groups and streams their targets in stored order.
 
-    def __init__(self, root: str | Path) -> None:
-        self.loc = Location(root)
-        self.manifest = read_manifest(self.loc)
-        try:
-            self.spec = StoreSpec.from_dict(self.manifest)
-        except (TypeError, InputError) as err:
-            raise InputError(f"{self.loc.child(MANIFEST_NAME)}: invalid spec ({err})") from None
-        self.codec = parse_codec(self.spec.codec)
+    `table_cache`: the node-local folder the text table is unpacked into (default: see
+    `table_flat.cache_root`)."""
+
+    def __init__(self, root: str | Path, table_cache: str | Path | None = None) -> None:
+        super().__init__(root)
+        self.table_cache = table_cache
         self._tables: dict[bool, TextTable] = {}
 
     def text_table(self, all_rows: bool = False) -> TextTable:
-        """The store's text table (``table`` layout), kept once read."""
+        """The store's text table (``table`` layout); parts are mapped when first used."""
         if all_rows not in self._tables:
-            self._tables[all_rows] = TextTable(self.loc, self.spec.taps, self.codec, all_rows)
+            self._tables[all_rows] = TextTable(self.loc, self.spec.taps, self.codec, all_rows,
+                                               self.table_cache)  # fmt: skip
         return self._tables[all_rows]
 
     def check_text_pad(self, text_pad: str) -> None:
@@ -134,49 +66,31 @@ class TeacherStore:
                 f"{self.spec.text_pad}; re-cache with `clipocr cache-teacher --text-pad align`"
             )
 
-    @property
-    def root(self) -> str:
-        return self.loc.url
+    def uses_table(self) -> bool:
+        return len(self.group_taps()) < len(self.spec.taps)
 
-    def _attrs(self) -> dict[str, dict]:
-        """Attributes of every group under a final (non-temporary) name."""
-        out = {}
-        for d in self.loc.dirs():
-            if not d.startswith(TMP_PREFIX):
-                attrs = group_attrs(self.loc, d)
-                if attrs is not None:
-                    out[d] = attrs
-        return out
+    def prepare(self, text_pad: str = "masked") -> None:
+        """Make the text table ready (unpacked on this node, mapped) before workers start."""
+        self.check_text_pad(text_pad)
+        if self.uses_table():
+            self.text_table(text_pad == "align").prepare()
 
-    def shards(self) -> dict[str, int]:
-        """Complete groups → sample counts, by name."""
-        return {n: int(a["count"]) for n, a in self._attrs().items() if a.get("complete")}
+    def open_samples(self, name: str, text_pad: str = "masked") -> GroupSamples:
+        """Group `name`'s samples one at a time, compact (see `GroupSamples`)."""
+        self.check_text_pad(text_pad)
+        return GroupSamples(self, name, text_pad)
 
-    def _complete_attrs(self, name: str) -> dict:
-        attrs = group_attrs(self.loc, name)
-        if not attrs or not attrs.get("complete"):
-            raise InputError(
-                f"{self.loc.child(name)}: no complete teacher group for this shard "
-                "(not cached yet, or its caching was interrupted)"
-            )
-        return attrs
-
-    def missing(self, name: str) -> list[str]:
-        """Keys of the shard that the teacher could not process (e.g. undecodable images)."""
-        return list(self._complete_attrs(name).get("missing", []))
-
-    def check_compatible(self, expected: dict) -> None:
-        """Raise InputError naming every manifest field that differs from `expected`.
-
-        `expected` is a (nested, partial) manifest: only the keys it names are compared, e.g.
-        ``{"charset": "36", "form": "normalised", "preprocessing": {"image_size": [32, 128]}}``.
-        """
-        diffs = diff_fields(self.manifest, jsonable(expected))
-        if diffs:
-            raise InputError(
-                f"{self.loc.child(MANIFEST_NAME)}: teacher store does not match the training "
-                f"setup: {'; '.join(diffs)}"
-            )
+    def iter_shard(
+        self, name: str, text_pad: str = "masked"
+    ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        """Yield ``(key, targets)`` per sample in stored order; targets are float32 arrays
+        ``image_s*`` (N, D), ``text_s*`` (L+1, D) — (P, D), every position, with
+        ``text_pad="align"`` — and ``text_emb`` (E,), each the sample's own copy; plus
+        ``text_label`` in the table layout (see `iter_chunks`)."""
+        samples = self.open_samples(name, text_pad)
+        for _ in range(samples.count):
+            key, sample = samples.take()
+            yield key, {k: v if k == TEXT_LABEL else decode_rows(v) for k, v in sample.items()}
 
     def iter_chunks(
         self, name: str, text_pad: str = "masked"
@@ -190,98 +104,13 @@ class TeacherStore:
         of the L + 1 rows up to EOT (stores cached with ``--text-pad align`` only).
         """
         self.check_text_pad(text_pad)
-        attrs = self._complete_attrs(name)
-        where = self.loc.child(name)
-        group = self.open_group(name, attrs)
-        count = int(attrs["count"])
-        table = self.spec.text_layout == "table"
-        taps = tuple(t for t in self.spec.taps if t in STAGES_IMAGE) if table else self.spec.taps
-        refs = None
-        if table and len(taps) < len(self.spec.taps):
-            refs = _ChunkStream(group["text_ref"], f"{where}/text_ref").take(count)
-        keys = _ChunkStream(group["keys"], f"{where}/keys").take(count).tolist()
-        offsets = None
-        if any(t in STAGES_TEXT for t in taps):
-            offsets = _ChunkStream(group["text_offsets"], f"{where}/text_offsets").take(count + 1)
-        streams = {tap: _TapStream(group, tap, self.codec, where) for tap in taps}
-        step = int(attrs.get("chunk_samples", DEFAULT_CHUNK_SAMPLES))
-        for a in range(0, count, step):
-            b = min(a + step, count)
-            block = {}
-            for tap, stream in streams.items():
-                n = int(offsets[b] - offsets[a]) if tap in STAGES_TEXT else b - a
-                block[tap] = stream.take(n)
-            if offsets is not None:
-                block["text_offsets"] = offsets[a : b + 1] - offsets[a]
+        for keys, block in self.iter_group_chunks(name):
+            refs = block.pop("text_ref", None)
             if refs is not None:
-                labels, text = self.text_table(text_pad == "align").gather(refs[a:b])
+                labels, text = self.text_table(text_pad == "align").gather(refs)
                 block |= text
                 block[TEXT_LABEL] = np.asarray(labels, dtype=str)
-            yield keys[a:b], block
-
-    def iter_shard(
-        self, name: str, text_pad: str = "masked"
-    ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        """Yield ``(key, targets)`` per sample in stored order; targets are float32 arrays
-        ``image_s*`` (N, D), ``text_s*`` (L+1, D) — (P, D), every position, with
-        ``text_pad="align"`` — and ``text_emb`` (E,): views into the decoded chunk; plus
-        ``text_label`` in the table layout (see `iter_chunks`).
-        """
-        for keys, block in self.iter_chunks(name, text_pad):
-            offsets = block.pop("text_offsets", None)
-            for i, key in enumerate(keys):
-                sample = {}
-                for tap, arr in block.items():
-                    sample[tap] = arr[offsets[i] : offsets[i + 1]] if tap in STAGES_TEXT else arr[i]
-                yield key, sample
-
-    def open_group(self, name: str, attrs: dict) -> zarr.Group:
-        """A complete group, opened after checking that its arrays hold what its attributes
-        count, in chunk files all present (InputError naming what is not)."""
-        where = self.loc.child(name)
-        try:
-            group = zarr.open_group(where, mode="r")
-            shapes = expected_shapes(
-                self.spec.taps, self.spec.dims, self.codec, int(attrs["count"]),
-                int(attrs.get("text_rows", 0)), self.spec.text_layout,
-            )  # fmt: skip
-            problems = array_problems(group, shapes)
-        except Exception as err:  # metadata deleted or garbled
-            problems = [f"unreadable ({type(err).__name__}: {err})"]
-        if problems:
-            raise InputError(
-                f"{where}: teacher group does not hold what its manifest and counts say: "
-                f"{'; '.join(problems)}; the store is damaged or was edited: delete this group "
-                "(or the store) and rerun cache-teacher"
-            )
-        return group
-
-    def check_sources(self, shard_dir: str | Path, thorough: bool = False) -> list[str]:
-        """Raise InputError unless each shard of `shard_dir` that has a group here is the file
-        the group was cached from (`sources`: quick by default, every byte with `thorough`).
-
-        Returns the names of groups that recorded no source digest (stores cached before
-        digests existed), which cannot be checked.
-        """
-        shard_dir = Path(shard_dir)
-        groups = self._attrs()
-        problems, unrecorded = [], []
-        for path in sorted(shard_dir.glob("*.tar")):
-            attrs = groups.get(shard_group_name(path))
-            if not attrs or not attrs.get("complete"):
-                continue
-            recorded = attrs.get(sources.SOURCE_ATTR)
-            if recorded is None:
-                unrecorded.append(shard_group_name(path))
-            elif (why := sources.compare(recorded, path, thorough)) is not None:
-                problems.append(why)
-        if problems:
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise InputError(
-                f"{self.root}: teacher store was cached from other shards than {shard_dir}: "
-                f"{'; '.join(problems[:3])}{more}"
-            )
-        return unrecorded
+            yield keys, block
 
     def verify(self, shard_index: dict | None = None, shard_dir: str | Path | None = None) -> dict:
         """Check every group; return a report (``ok``, per-shard problems, bytes/sample).
@@ -290,6 +119,58 @@ class TeacherStore:
         """
         return verify_store(self, shard_index, shard_dir)
 
-    def nbytes(self, name: str | None = None) -> int:
-        """Bytes on storage of one group, or of the whole store (file sizes, not blocks)."""
-        return self.loc.nbytes(name or "")
+
+class GroupSamples:
+    """One group's samples in stored order, each a compact copy of its own rows in the stored
+    dtype (image taps, text rows, embedding; in the table layout also ``text_label``).
+
+    Holds one decoded chunk per array at most, and only while samples are taken from it; `skip`
+    passes samples by count, reading no chunk that holds only skipped samples. ``keys`` (and the
+    references or text offsets) are read whole: a few bytes per sample."""
+
+    def __init__(self, store: TeacherStore, name: str, text_pad: str) -> None:
+        attrs = store.complete_attrs(name)
+        where = store.loc.child(name)
+        group = store.open_group(name, attrs)
+        self.where = where
+        self.count = int(attrs["count"])
+        self.keys: list[str] = ChunkStream(group["keys"], f"{where}/keys").take(self.count).tolist()
+        taps = store.group_taps()
+        self.table = store.text_table(text_pad == "align") if store.uses_table() else None
+        self.refs = None
+        if self.table is not None:
+            self.refs = ChunkStream(group["text_ref"], f"{where}/text_ref").take(self.count)
+        self.offsets = None
+        if any(t in STAGES_TEXT for t in taps):
+            arr = group["text_offsets"]
+            self.offsets = ChunkStream(arr, f"{where}/text_offsets").take(self.count + 1)
+        self.streams = {tap: TapStream(group, tap, store.codec, where) for tap in taps}
+        self.next = 0
+
+    def _rows(self, tap: str, a: int, b: int) -> int:
+        if tap in STAGES_TEXT:
+            return int(self.offsets[b] - self.offsets[a])
+        return b - a
+
+    def skip(self, n: int) -> None:
+        """Pass the next `n` samples without reading them."""
+        n = min(n, self.count - self.next)
+        for tap, stream in self.streams.items():
+            stream.skip(self._rows(tap, self.next, self.next + n))
+        self.next += n
+
+    def take(self) -> tuple[str, dict[str, Rows | str]]:
+        """The next sample: ``(key, {tap: rows, …})``."""
+        i = self.next
+        if i >= self.count:
+            raise InputError(f"{self.where}: no sample past the {self.count} its group counts")
+        sample: dict[str, Rows | str] = {}
+        for tap, stream in self.streams.items():
+            sample[tap] = stream.take(self._rows(tap, i, i + 1)) if tap in STAGES_TEXT else (
+                stream.take_one())  # fmt: skip
+        if self.table is not None:
+            label, text = self.table.sample(int(self.refs[i, 0]), int(self.refs[i, 1]))
+            sample |= text
+            sample[TEXT_LABEL] = label
+        self.next += 1
+        return self.keys[i], sample

@@ -16,12 +16,11 @@ stores stay usable; everything else is still checked for them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import zarr
 
-from clipocr.pipeline.teacher_store import sources
 from clipocr.pipeline.teacher_store.integrity import (
     array_problems,
     expected_shapes,
@@ -29,20 +28,19 @@ from clipocr.pipeline.teacher_store.integrity import (
 )
 from clipocr.pipeline.teacher_store.location import TMP_PREFIX, group_attrs
 from clipocr.pipeline.teacher_store.ownership import is_abandoned
+from clipocr.pipeline.teacher_store.sources import SOURCE_ATTR, compare
 from clipocr.pipeline.teacher_store.spec import (
-    STAGES_IMAGE,
     STAGES_TEXT,
     TABLE_DIR,
     shard_group_name,
 )
-from clipocr.pipeline.teacher_store.text_table import complete_parts
-
-if TYPE_CHECKING:
-    from clipocr.pipeline.teacher_store.reader import TeacherStore
+from clipocr.pipeline.teacher_store.store_view import StoreView
+from clipocr.pipeline.teacher_store.table_parts import complete_parts
+from clipocr.pipeline.teacher_store.text_table import check_part
 
 
 def verify_store(
-    store: TeacherStore, shard_index: dict | None = None, shard_dir: str | Path | None = None
+    store: StoreView, shard_index: dict | None = None, shard_dir: str | Path | None = None
 ) -> dict:
     """A report (``ok``, per-shard problems, bytes/sample) on every group of `store`.
 
@@ -109,37 +107,26 @@ def verify_store(
 
 
 def _check_source(shard_dir: Path, name: str, attrs: dict, rep: dict) -> None:
-    recorded = attrs.get(sources.SOURCE_ATTR)
+    recorded = attrs.get(SOURCE_ATTR)
     if recorded is None:
         rep["unsourced"] = True
         return
     path = shard_dir / recorded.get("file", f"{name}.tar")
-    why = sources.compare(recorded, path, thorough=True)
+    why = compare(recorded, path, thorough=True)
     if why is not None:
         rep["problems"].append(f"cached from another source shard: {why}")
 
 
-def _verify_table(store: TeacherStore, problems: list[str]) -> dict[int, int]:
-    """Check every complete text-table part once; returns part number → labels."""
-    parts = {n: int(a["count"]) for n, a in complete_parts(store.loc).items()}
-    table = store.text_table(all_rows=store.spec.text_pad == "align")
-    for number in parts:
-        try:
-            part = table.part(number)  # shapes, chunk files, every chunk's CRC32C
-        except Exception as err:
-            problems.append(str(err))
-            continue
-        for tap, (data, scale, chscale) in part.data.items():
-            bad = int(data.size - np.isfinite(store.codec.decode(data, scale, chscale)).sum())
-            if bad:
-                problems.append(f"{TABLE_DIR} part {number}: {tap}: {bad} NaN/Inf values")
-        if len(set(part.labels)) != len(part.labels):
-            problems.append(f"{TABLE_DIR} part {number}: labels: duplicates")
-    return parts
+def _verify_table(store: StoreView, problems: list[str]) -> dict[int, int]:
+    """Check every complete text-table part once, a chunk at a time; returns part → labels."""
+    attrs = complete_parts(store.loc)
+    for number, part in attrs.items():
+        problems += check_part(store.loc, number, part, store.spec.taps, store.codec)
+    return {n: int(a["count"]) for n, a in attrs.items()}
 
 
 def _verify_group(
-    store: TeacherStore, name: str, attrs: dict, expected: int | None, parts: dict[int, int]
+    store: StoreView, name: str, attrs: dict, expected: int | None, parts: dict[int, int]
 ) -> dict:
     rep: dict[str, Any] = {
         "complete": bool(attrs.get("complete")),
@@ -160,7 +147,7 @@ def _verify_group(
 
 
 def _check_group(
-    store: TeacherStore, name: str, attrs: dict, rep: dict, parts: dict[int, int]
+    store: StoreView, name: str, attrs: dict, rep: dict, parts: dict[int, int]
 ) -> None:
     probs = rep["problems"]
     count, missing = rep["count"], list(attrs.get("missing", []))
@@ -203,8 +190,8 @@ def _check_group(
     if not readable or layout:
         return
     bad: dict[str, int] = {}
-    scanned = [t for t in spec.taps if t in STAGES_IMAGE] if table else spec.taps  # table: above
-    for _, block in store.iter_chunks(name):  # decoding checks every chunk's CRC32C
+    scanned = store.group_taps()  # the table's taps were scanned once, above
+    for _, block in store.iter_group_chunks(name):  # decoding checks every chunk's CRC32C
         for tap in scanned:
             n = int(block[tap].size - np.isfinite(block[tap]).sum())
             if n:

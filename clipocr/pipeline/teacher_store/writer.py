@@ -21,7 +21,9 @@ new writer opens, not when it commits.
 Text layouts (`spec.TEXT_LAYOUTS`): in the ``table`` layout a shard group stores its image taps
 and, per sample, a reference ``text_ref = (part, row)`` into the store's text table, which holds
 the text taps once per distinct label and is written before the shards (`text_table`). The
-writer finds each sample's label in the ``labels`` it is given (key → label, from the shard).
+writer looks each sample's label up in the store's label index (`table_parts.label_index`, kept
+per process); the labels come batch by batch (`ShardGroupWriter.give_labels`, as the runner reads
+the shard) or as a key → label mapping when the group is opened.
 """
 
 from __future__ import annotations
@@ -39,11 +41,10 @@ import numpy as np
 import zarr
 
 from clipocr.pipeline.errors import InputError
-from clipocr.pipeline.teacher_store import text_table
 from clipocr.pipeline.teacher_store.codecs import CODECS, parse_codec
 from clipocr.pipeline.teacher_store.group_writer import GroupWriter, shared_pool
 from clipocr.pipeline.teacher_store.integrity import INDEX_COMPRESSOR, expected_shapes
-from clipocr.pipeline.teacher_store.location import Location, group_attrs, tmp_name, tmp_owner
+from clipocr.pipeline.teacher_store.location import Location, group_attrs, tmp_name
 from clipocr.pipeline.teacher_store.ownership import is_abandoned, read_owner
 from clipocr.pipeline.teacher_store.spec import (
     DEFAULT_CHUNK_SAMPLES,
@@ -59,6 +60,7 @@ from clipocr.pipeline.teacher_store.spec import (
     diff_fields,
     read_manifest,
 )
+from clipocr.pipeline.teacher_store.table_parts import LabelIndex, label_index
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ class TeacherStoreWriter:
         if encode_threads is None:
             encode_threads = min(4, len(os.sched_getaffinity(0)))
         self.encode_threads = max(int(encode_threads), 1)
-        self._index: dict[str, tuple[int, int]] | None = None
+        self._index: LabelIndex | None = None
         manifest = {
             "format": STORE_FORMAT,
             **spec.to_dict(),
@@ -130,10 +132,11 @@ class TeacherStoreWriter:
         """The threads that encode taps side by side (None: encode in the calling thread)."""
         return shared_pool(self.encode_threads) if self.encode_threads > 1 else None
 
-    def text_index(self, refresh: bool = False) -> dict[str, tuple[int, int]]:
-        """Label → (table part, row) over the store's complete text-table parts."""
+    def text_index(self, refresh: bool = False) -> LabelIndex:
+        """Label → (table part, row) over the store's complete text-table parts (kept per
+        process across writers: `table_parts.label_index`)."""
         if self._index is None or refresh:
-            self._index = text_table.label_index(self.loc)
+            self._index = label_index(self.loc)
         return self._index
 
     def open_shard(
@@ -147,16 +150,19 @@ class TeacherStoreWriter:
         live writer's group: see the module docstring).
 
         `expected`: the shard's sample count (``shards.json``), to allocate arrays once;
-        `labels`: key → label of the shard's samples, needed in the ``table`` text layout."""
+        `labels`: key → label of the shard's samples, for the ``table`` text layout (or give
+        them batch by batch: `ShardGroupWriter.give_labels`).
+
+        Finds this shard's temporary groups by name (`Location.tmp_groups`: one listing of
+        names, no per-entry I/O; object stores have none), not by reading every group."""
         check_group_name(shard_name)
         if self.is_complete(shard_name) and not overwrite:
             raise InputError(f"{self.loc.child(shard_name)}: already complete")
-        for d in self.loc.dirs():
-            if tmp_owner(d) == shard_name:
-                if is_abandoned(self.loc, d):
-                    self.loc.remove(d)
-                else:
-                    log.info("%s: another live writer is caching this shard too", d)
+        for d in self.loc.tmp_groups(shard_name):
+            if is_abandoned(self.loc, d):
+                self.loc.remove(d)
+            else:
+                log.info("%s: another live writer is caching this shard too", d)
         if self.loc.exists(shard_name) and not self.is_complete(shard_name):
             # an incomplete group under the final name (object store)
             if not is_abandoned(self.loc, shard_name):
@@ -192,9 +198,7 @@ class ShardGroupWriter(GroupWriter):
         table = self.layout == "table"
         self.group_taps = tuple(t for t in self.taps if t in STAGES_IMAGE) if table else self.taps
         self.refs = table and len(self.group_taps) < len(self.taps)
-        if self.refs and labels is None:
-            raise ValueError(f"{name}: the table text layout needs the shard's labels")
-        self.labels = labels
+        self.labels: dict[str, str] = dict(labels or {})
         self.text_rows = 0
         self._make_arrays()
 
@@ -241,23 +245,25 @@ class ShardGroupWriter(GroupWriter):
             raise ValueError(f"{tap}: shape {x.shape}, expected {want}")
         return x
 
+    def give_labels(self, keys: list[str], labels: list[str]) -> None:
+        """The labels of samples about to be appended (table layout), batch by batch as the
+        shard is read: no pass over the shard's labels before caching it (issue 22)."""
+        self.labels.update(zip(keys, labels, strict=True))
+
     def _text_refs(self, keys: list[str]) -> np.ndarray:
-        index = self.store.text_index()
-        refs = np.empty((len(keys), 2), np.int32)
-        for i, key in enumerate(keys):
-            label = self.labels.get(key)
-            if label is None:
-                raise ValueError(f"{self.name}: no label given for sample {key}")
-            ref = index.get(label)
-            if ref is None:
-                index = self.store.text_index(refresh=True)  # a part published since
-                ref = index.get(label)
-            if ref is None:
-                raise InputError(
-                    f"{self.store.loc.child(self.name)}: label {label!r} of {key} is not in the "
-                    "store's text table; run cache-teacher (it fills the table first)"
-                )
-            refs[i] = ref
+        labels = [self.labels.pop(key, None) for key in keys]
+        if None in labels:
+            key = keys[labels.index(None)]
+            raise ValueError(f"{self.name}: no label given for sample {key} (table layout)")
+        refs, found = self.store.text_index().lookup(labels)
+        if not found.all():  # a part published since the index was read
+            refs, found = self.store.text_index(refresh=True).lookup(labels)
+        if not found.all():
+            i = int(np.flatnonzero(~found)[0])
+            raise InputError(
+                f"{self.store.loc.child(self.name)}: label {labels[i]!r} of {keys[i]} is not in "
+                "the store's text table; run cache-teacher (it fills the table first)"
+            )
         return refs
 
     def append(self, keys: list[str], feats: dict[str, np.ndarray]) -> None:
