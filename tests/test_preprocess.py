@@ -98,3 +98,105 @@ def test_decode_uint8_is_decode_then_resize_bit_for_bit(mode: str, fmt: str, dra
         assert decode_uint8(data, draft=draft, out=out) is out
         np.testing.assert_array_equal(out, want)
         assert torch.equal(load_uint8(data, draft=draft), torch.from_numpy(want))
+
+
+# --- modes whose plain convert("RGB") loses the picture (issue 23) -------------------------------
+
+WORD = (slice(10, 22), slice(20, 80))  # rows, columns of the dark "word" bar in `_page`
+
+
+def _page(dark: float, light: float, dtype: type = np.float64) -> np.ndarray:
+    """A 32×100 light page with a dark bar where a word would be."""
+    page = np.full((32, 100), light, dtype=np.float64)
+    page[WORD] = dark
+    return page.astype(dtype)
+
+
+def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _with_alpha(mode: str) -> Image.Image:
+    """A dark bar, opaque, on a fully transparent page whose hidden colour is black: what a
+    plain convert("RGB") shows as a black bar on black."""
+    alpha = Image.fromarray(_page(255, 0, np.uint8))
+    black = Image.new("L", (100, 32), 0)
+    if mode == "LA":
+        return Image.merge("LA", (black, alpha))
+    return Image.merge("RGBA", (black, black, black, alpha))
+
+
+def _images_in_every_mode() -> dict[str, bytes]:
+    p = Image.new("P", (100, 32), 0)  # index 0: black, the transparent page; 1: a dark grey
+    p.putpalette([0, 0, 0, 40, 40, 40] + [0] * (254 * 3))
+    ImageDraw.Draw(p).rectangle([20, 10, 79, 21], fill=1)
+    return {
+        "I;16": _encode(Image.fromarray(_page(3000, 60000, np.uint16)), "PNG"),
+        "I;16B": _encode(Image.fromarray(_page(3000, 60000, np.uint16)), "TIFF"),
+        "I": _encode(Image.fromarray(_page(2000, 60000, np.int32)), "TIFF"),
+        "F": _encode(Image.fromarray(_page(0.1, 0.9, np.float32)), "TIFF"),
+        "1": _encode(Image.fromarray(_page(0, 255, np.uint8)).convert("1"), "PNG"),
+        "LA": _encode(_with_alpha("LA"), "PNG"),
+        "RGBA": _encode(_with_alpha("RGBA"), "PNG"),
+        "P+transparency": _encode(p, "PNG", transparency=0),
+        "CMYK": _encode(Image.fromarray(_page(20, 235, np.uint8)).convert("CMYK"), "JPEG"),
+    }
+
+
+@pytest.mark.parametrize("mode", list(_images_in_every_mode()))
+def test_every_mode_pil_opens_reads_as_a_dark_word_on_a_light_page(mode: str) -> None:
+    """16-bit grey read as a white page (PIL clips to 255) and a transparent page whose hidden
+    colour is black as a black one; every mode must keep the dark bar dark on light."""
+    data = _images_in_every_mode()[mode]
+    rgb = np.asarray(decode_image(data)).astype(float)
+    assert rgb.shape == (32, 100, 3)
+    word, page = rgb[WORD].mean(), np.delete(rgb, range(8, 24), axis=0).mean()
+    assert word < 70 and page > 200, (mode, word, page)
+    pixels = load_uint8(data).float()  # the batch path agrees: resized, still dark on light
+    assert pixels[:, 14:18, 40:80].mean() < 70 and pixels[:, :4].mean() > 200
+
+
+def test_a_light_word_on_a_transparent_page_is_put_on_black() -> None:
+    alpha = Image.fromarray(_page(255, 0, np.uint8))
+    white = Image.new("L", (100, 32), 255)
+    data = _encode(Image.merge("LA", (white, alpha)), "PNG")
+    rgb = np.asarray(decode_image(data)).astype(float)
+    assert rgb[WORD].mean() > 200 and rgb[:6].mean() < 50
+
+
+def test_opaque_alpha_and_16_bit_scaling_are_exact() -> None:
+    """An opaque RGBA image is PIL's convert("RGB") bit for bit; 16 bits are divided by 257."""
+    data = _encode(Image.open(io.BytesIO(text_image("opaque"))).convert("RGBA"), "PNG")
+    assert torch.equal(load_uint8(data), reference(data))
+    ramp = np.arange(0, 65536, 257, dtype=np.uint16)[None, :].repeat(2, 0)  # 0, 257, … 65535
+    grey = np.asarray(decode_image(_encode(Image.fromarray(ramp), "PNG")))[..., 0]
+    np.testing.assert_array_equal(grey[0], np.arange(256))
+
+
+@pytest.mark.parametrize(
+    ("array", "dark", "light"),
+    [
+        (_page(20, 235, np.uint8), 20, 235),
+        (np.stack([_page(20, 235, np.uint8)] * 3, -1), 20, 235),
+        (_page(0.0, 1.0, np.float32), 0, 255),
+        (_page(257 * 10, 257 * 250, np.uint16), 10, 250),
+        (_page(0, 1, np.uint8).astype(bool), 0, 255),
+    ],
+    ids=["grey", "rgb", "unit-float", "uint16", "bool"],
+)
+def test_numpy_images_become_pil_images_by_their_range(array, dark, light) -> None:
+    from clipocr.pipeline.preprocess import array_image
+
+    grey = np.asarray(array_image(array).convert("L"))
+    assert grey[WORD].min() == grey[WORD].max() == dark
+    assert grey[0, 0] == light
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 100), (32, 100, 2), (2, 3, 32, 100), (0, 5)])
+def test_arrays_that_are_no_image_are_refused(shape) -> None:
+    from clipocr.pipeline.preprocess import array_image
+
+    with pytest.raises(ValueError, match="image array"):
+        array_image(np.zeros(shape, dtype=np.uint8))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from clipocr.commands import data, demo, eval, lmdb, read, teacher, train
+from clipocr.commands import data, demo, eval, export, lmdb, read, teacher, train
 from clipocr.commands.common import run_app
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command("teacher-pretrain")(teacher.teacher_pretrain)
 app.command("train")(train.train)
 app.command("eval")(eval.evaluate_command)
 app.command("read")(read.read)
+app.command("export")(export.export)
 app.command("demo")(demo.demo_command)
 
 

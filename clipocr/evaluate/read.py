@@ -1,37 +1,24 @@
-"""Reading image files with a trained student: the recognizer as a tool (`clipocr read`).
+"""Image files for the recognizer as a tool (`clipocr read`, `Reader`): finding, decoding, naming.
 
 Files are decoded exactly as the benchmark protocol decodes its LMDB images (full PIL decode,
-RGB, bicubic 32×128), so what `clipocr read` prints is what `clipocr-eval` would score. A file
-that cannot be read becomes a `Reading` with an error instead of stopping the batch.
+RGB, bicubic 32×128; `pipeline.preprocess`), so what `clipocr read` prints is what `clipocr-eval`
+would score. A file that cannot be read gives an error string instead of stopping the others —
+whatever PIL raises, the decompression-bomb guard included (issue 23).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-from PIL import UnidentifiedImageError
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from clipocr.pipeline.preprocess import load_uint8, normalize
-from clipocr.train_student.model import Student
+from clipocr.pipeline.preprocess import decode_uint8
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One file's result: the text and its confidence, or why the file could not be read."""
-
-    path: str
-    text: str = ""
-    confidence: float = 0.0
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
+# `tsv_field`'s escapes: a backslash first, so an escaped name reads back unambiguously.
+_TSV_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -52,31 +39,42 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def _decode(path: Path) -> tuple[torch.Tensor | None, str]:
+def decode_bytes(data: bytes) -> tuple[np.ndarray | None, str]:
+    """Encoded image bytes → (uint8 pixels ``(3, 32, 128)``, "") or (None, why not)."""
     try:
-        return load_uint8(path.read_bytes()), ""  # the protocol's full decode
+        return decode_uint8(data), ""  # the protocol's full decode
+    except UnidentifiedImageError:  # its message only names an in-memory buffer
+        return None, "not a readable image (no image format PIL knows)"
+    except Image.DecompressionBombError as err:
+        return None, f"too large to decode safely ({err})"
+    except MemoryError:
+        return None, "too large to decode (out of memory)"
+    except Exception as err:  # PIL raises many types on corrupt data (OSError, ValueError, …)
+        return None, f"not a readable image ({type(err).__name__}: {err})"
+
+
+def _decode(path: Path) -> tuple[np.ndarray | None, str]:
+    """A file → (pixels, "") or (None, why it cannot be read)."""
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         return None, "no such file"
     except IsADirectoryError:
         return None, "is a directory"
-    except UnidentifiedImageError:  # its message only names an in-memory buffer
-        return None, "not a readable image (no image format PIL knows)"
-    except (OSError, ValueError, SyntaxError) as err:
-        return None, f"not a readable image ({type(err).__name__}: {err})"
+    except OSError as err:
+        return None, f"cannot be read ({err.strerror or err})"
+    return decode_bytes(data)
 
 
-def read_images(student: Student, paths: Sequence[Path], batch_size: int = 64) -> Iterator[Reading]:
-    """`Reading`s in the order of `paths`, decoding and reading `batch_size` files at a time."""
-    device = next(student.parameters()).device
-    student.eval()
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        decoded = [_decode(p) for p in chunk]
-        images = [img for img, _ in decoded if img is not None]
-        texts = iter(student.read(normalize(torch.stack(images).to(device))) if images else [])
-        for path, (img, error) in zip(chunk, decoded, strict=True):
-            if img is None:
-                yield Reading(str(path), error=error)
-            else:
-                text, confidence = next(texts)
-                yield Reading(str(path), text, confidence)
+def tsv_field(text: str) -> str:
+    """`text` safe for one TSV field: backslash, tab, newline and carriage return written as
+    ``\\\\``, ``\\t``, ``\\n``, ``\\r`` (the convention of PostgreSQL's text COPY and of
+    ``text/tab-separated-values`` readers), so a file name holding them stays one field on one
+    row; a name's bytes that are not UTF-8 (Python keeps them as lone surrogates, which no UTF-8
+    stream can print) as ``\\xNN``."""
+    if not any(c in _TSV_ESCAPES or "\udc80" <= c <= "\udcff" for c in text):
+        return text
+    return "".join(
+        _TSV_ESCAPES.get(c, f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else c)
+        for c in text
+    )
