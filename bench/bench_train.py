@@ -56,11 +56,11 @@ from torch.utils.data import DataLoader
 
 from clipocr.cache_teacher.runner import RunnerConfig
 from clipocr.cache_teacher.teacher import Teacher, load_teacher
+from clipocr.pipeline.augment import StudentAugment
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.precision import autocast
 from clipocr.pipeline.preprocess import decode_image
 from clipocr.pipeline.teacher_store import STAGES_IMAGE, STAGES_TEXT, TeacherStore
-from clipocr.train_student.augment import StudentAugment
 from clipocr.train_student.config import TrainConfig
 from clipocr.train_student.dataset import DistillStream, StreamConfig, collate
 from clipocr.train_student.device_augment import DeviceAugment

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from clipocr.train_student.augment import OP_NAMES, StudentAugment
+from clipocr.pipeline.augment import OP_NAMES, StudentAugment
 
 
 def _word() -> Image.Image:
@@ -93,3 +93,16 @@ def test_drawn_shear_and_translate_ranges_are_parseqs() -> None:
             assert all(abs(abs(v) - want) < 0.05 * want for v in drawn), (name, drawn)
     finally:
         random.setstate(state)
+
+
+def test_threads_augmenting_at_once_get_their_own_seeds_pixels() -> None:
+    """Two threads augmenting side by side (the cache job's dask threads) each get the pixels of
+    their own seed, as one thread alone would: the global RNG is not shared mid-draw."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    aug = StudentAugment()
+    word = _word()
+    want = {s: np.asarray(aug(word, s)).tobytes() for s in range(40)}
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda s: (s, np.asarray(aug(word, s)).tobytes()), list(range(40)) * 5))
+    assert all(pixels == want[s] for s, pixels in got)

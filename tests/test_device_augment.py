@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 from timm.data import auto_augment
 
+from clipocr.pipeline import augment as host
 from clipocr.pipeline.preprocess import resize, to_uint8_tensor
-from clipocr.train_student import augment as host
 from clipocr.train_student.device_augment import DeviceAugment, device_ops
 
 SIZE = (32, 128)

@@ -19,6 +19,7 @@ tcp://…` spreads the shards over every worker of a running cluster, on as many
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from clipocr.pipeline.teacher_store import (
 )
 from clipocr.pipeline.teacher_store.location import Location
 from clipocr.pipeline.threads import cpu_threads
+from clipocr.pipeline.view_record import views_record
 
 log = logging.getLogger(__name__)
 # dask's scheduler/worker INFO chatter would bury the progress bars.
@@ -66,10 +68,29 @@ class CacheJob:
     threads: int | None = None  # torch threads of a CPU task (None: cores minus decode workers)
     text_layout: str = "table"  # text once per distinct label ("table") or per sample ("ragged")
     text_pad: str = "masked"  # "align": keep CLIP's pad-token features (the official code's way)
+    # cached views per sample (DESIGN §5): 1 = the clean image only (a format-2 store, as
+    # before); K ≥ 2 adds K − 1 augmentations of it, seeded from `view_seed` and each key
+    views: int = 1
+    view_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise InputError(f"cache-teacher: --views {self.views}: must be at least 1")
 
     def spec(self, teacher: Teacher) -> StoreSpec:
-        """The store spec this job writes with `teacher`."""
-        return store_spec(teacher, self.runner.codec, self.text_layout, self.text_pad)
+        """The store spec this job writes with `teacher` (and its views record, if K ≥ 2)."""
+        spec = store_spec(teacher, self.runner.codec, self.text_layout, self.text_pad)
+        if self.views > 1:
+            spec.views = copy.deepcopy(_views_record(self.views, self.view_seed))
+        return spec
+
+
+@functools.lru_cache(maxsize=4)
+def _views_record(views: int, seed: int) -> dict:
+    """The manifest's views record as this process makes the pixels (once per process: every
+    shard task checks its own record against the store's, so a worker whose libraries would
+    make other pixels is refused rather than mixing them into the store)."""
+    return views_record(views, seed).to_dict()
 
 
 def _worker_device(requested: str) -> torch.device:

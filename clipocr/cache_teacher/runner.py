@@ -12,6 +12,12 @@ the runner waits at most `RunnerConfig.loader_timeout` seconds for a batch, and 
 fails the shard with `LoaderFailed` naming it, so dask retries the shard (on a fresh pool) and
 reports it if it keeps failing. The group records the source shard's digest
 (`teacher_store.shard_digest`) so a store can later be checked against the shards it is used with.
+
+A K-view store (``cache-teacher --views K``, DESIGN §5): after view 0 (the decoded image) the
+image tower runs on views 1…K−1 of the batch, made from the very uint8 pixels view 0 got by
+`pipeline.views.view_pixels` — the function the trainer replays — with the store's seed; only
+the image taps get the view axis (the text taps and embedding depend on the label alone). The
+views are augmented here, in the runner's thread, ≈ 0.5 CPU-ms per image and view at 32×128.
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from pathlib import Path
 
 import torch
 
-from clipocr.cache_teacher.decode_pool import DecodePool, shared_pool
+from clipocr.cache_teacher.decode_pool import DecodedBatch, DecodePool, shared_pool
 from clipocr.cache_teacher.decode_pool import LoaderFailed as LoaderFailed
-from clipocr.cache_teacher.teacher import Teacher
+from clipocr.cache_teacher.teacher import ImageTaps, Teacher
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.precision import PRECISIONS, autocast
 from clipocr.pipeline.teacher_store import ShardGroupWriter, parse_codec, shard_digest
+from clipocr.pipeline.teacher_store.spec import view_tap
+from clipocr.pipeline.views import view_batch
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +121,27 @@ def _decode_workers(requested: int) -> int:
     return requested
 
 
+def _view_features(
+    teacher: Teacher | ImageTaps,
+    batch: DecodedBatch,
+    views: dict,
+    device: torch.device,
+    precision: str,
+) -> dict[str, torch.Tensor]:
+    """The image taps of views 1…K−1 of `batch` (K = ``views["count"]``), as ``<tap>_v<v>``."""
+    image_only = teacher.teacher if isinstance(teacher, ImageTaps) else teacher
+    aug = views["augment"]
+    out = {}
+    for v in range(1, int(views["count"])):
+        pixels = view_batch(batch.images.numpy(), batch.keys, v, int(views["store_seed"]),
+                            magnitude=aug["magnitude"], num_ops=aug["num_ops"])  # fmt: skip
+        images = torch.from_numpy(pixels).to(device, non_blocking=True)
+        with autocast(precision, device):
+            feats = image_only.features(images, batch.labels, text=False)
+        out |= {view_tap(tap, v): x for tap, x in feats.items()}
+    return out
+
+
 def cache_shard(
     teacher: Teacher,
     group: ShardGroupWriter,
@@ -134,6 +163,7 @@ def cache_shard(
     # quantise from float32 so their measured fidelity is against float32.
     writer = _WriterThread(group, as_float32=not parse_codec(cfg.codec).lossless)
     writer.start()
+    views = group.store.spec.views  # {} unless the store caches K ≥ 2 views per sample
     missing: list[str] = []
     batches = pool.batches(shard_path)
     try:
@@ -143,6 +173,8 @@ def cache_shard(
                 images = batch.images.to(device, non_blocking=True)
                 with autocast(cfg.precision, device):
                     feats = teacher.features(images, batch.labels)
+                if views:
+                    feats |= _view_features(teacher, batch, views, device, cfg.precision)
                 writer.put(batch.keys, feats, batch.labels)
             if on_batch is not None:
                 on_batch(len(batch.keys) + len(batch.missing))

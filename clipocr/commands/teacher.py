@@ -69,6 +69,16 @@ def cache_teacher(
             rich_help_panel=_TEACHER,
         ),
     ] = "masked",
+    views: Annotated[
+        int,
+        typer.Option(
+            help="Cached views per sample: 1 = the clean image (as before); K > 1 adds K-1 "
+            "augmentations of it (the trainer's own, seeded per key and view), so a student "
+            "trained with augmentation gets the teacher's targets of the very pixels it sees. "
+            "Costs K times the image tower and the image-tap bytes.",
+            rich_help_panel=_TEACHER,
+        ),
+    ] = 1,
     device: Annotated[
         str,
         typer.Option(help="auto (each worker's GPU, else CPU), cuda, cpu.", rich_help_panel=_RUN),
@@ -145,10 +155,20 @@ def cache_teacher(
         threads=threads,
         text_layout=text_layout,
         text_pad=text_pad,
+        views=views,
     )  # fmt: skip
-    summary = run_cache(
-        job, scheduler=scheduler, dask_workers=dask_workers, processes=dask_processes
-    )
+    from clipocr.cache_teacher.cluster import sigterm_interrupts
+    from clipocr.pipeline.errors import RunInterrupted
+
+    try:
+        with sigterm_interrupts():  # `kill PID` stops the run as Ctrl-C does, in one line
+            summary = run_cache(
+                job, scheduler=scheduler, dask_workers=dask_workers, processes=dask_processes
+            )
+    except KeyboardInterrupt:  # before the cluster was up (it says more once it is)
+        raise RunInterrupted(
+            f"{out}: interrupted; finished shards are kept: rerun the same command to resume"
+        ) from None
     if "://" not in str(out):
         (Path(out) / "cache-config.json").write_text(json.dumps(asdict(job), indent=2) + "\n")
     typer.echo(

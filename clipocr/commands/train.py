@@ -123,7 +123,18 @@ def train(
         str | None,
         typer.Option(
             help="host (PIL, per image, in the DataLoader workers) or device (the same ops, "
-            "batched on the training device: frees a GPU trainer's host cores).",
+            "batched on the training device: frees a GPU trainer's host cores; cached views "
+            "replay on host only).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    allow_view_drift: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-view-drift/--refuse-view-drift",
+            help="Train on a teacher store with cached views (cache-teacher --views K) even if "
+            "its views would not replay bit for bit here (other Pillow/timm/numpy versions or "
+            "augmentation); the log says how many probe pixels differ. Refused by default.",
             rich_help_panel=_DATA,
         ),
     ] = None,

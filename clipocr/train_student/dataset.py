@@ -19,10 +19,19 @@ Text targets past EOS (``StreamConfig.text_pad``): ``masked`` (default) pads the
 marks them invalid in ``text_mask``; ``align`` — the official code's way, from a store cached with
 ``--text-pad align`` — fills every decoder position with the teacher's row of that position (CLIP's
 pad-token features past EOT) and marks all valid. By default the stream follows the store.
+
+Cached views (a K-view store, ``cache-teacher --views K``, DESIGN §5) with augmentation on: each
+epoch a shard's samples show view ``train_view(seed, epoch, shard, K)`` — every view once per K
+epochs — read from the store (that view's image taps) and made here by `view_pixels` from the
+same decode the cache job used, so the student's pixels are bitwise those the teacher saw, in
+any worker, rank or resumed run (all a function of seed, epoch and key). View 0 is the clean
+image; epochs before ``augment_from_epoch`` show it. A store whose views would not replay here
+is refused (`replay_or_refuse`) unless ``allow_view_drift``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import zlib
@@ -34,15 +43,19 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from clipocr.pipeline.augment import StudentAugment
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
-from clipocr.pipeline.preprocess import decode_image, resize, to_uint8_tensor
+from clipocr.pipeline.preprocess import decode_image, decode_uint8, resize, to_uint8_tensor
 from clipocr.pipeline.shards import iter_shard_raw, load_index
 from clipocr.pipeline.teacher_store import STAGES_IMAGE, STAGES_TEXT, TEXT_PADS, TeacherStore
 from clipocr.pipeline.teacher_store.reader import TEXT_LABEL, GroupSamples
 from clipocr.pipeline.teacher_store.streams import Encoded, decode_rows, stack_rows
-from clipocr.train_student.augment import StudentAugment
+from clipocr.pipeline.view_record import ViewsRecord, replay_or_refuse
+from clipocr.pipeline.views import train_view, view_pixels
 from clipocr.train_student.mixing import plan
+
+log = logging.getLogger(__name__)
 
 
 def assign_shards(
@@ -84,6 +97,7 @@ class StreamConfig:
     augment_from_epoch: int = 0  # epochs before this one see clean images (a curriculum)
     text_pad: str | None = None  # "masked" | "align"; None = as the store was cached
     open_shards: int = 8  # shards each worker reads at once, round robin (mixing, `mixing`)
+    allow_view_drift: bool = False  # train on cached views that would not replay exactly here
 
 
 class DistillStream(IterableDataset):
@@ -120,6 +134,19 @@ class DistillStream(IterableDataset):
             store.check_text_pad(self.text_pad)
             self._count_targets(store)
         self._augment = StudentAugment() if cfg.augment else None
+        # K-view store + augmentation: the stream replays the store's views (module docstring)
+        self.views: ViewsRecord | None = None
+        if store is not None and store.spec.view_count > 1 and cfg.augment:
+            self.views = ViewsRecord.from_dict(store.spec.views, f"{store.root}/manifest.json")
+            replay_or_refuse(self.views, store.root, cfg.allow_view_drift)
+            log.info("%s: replaying its %d cached views per sample (one per shard and epoch)",
+                     store.root, self.views.count)  # fmt: skip
+
+    def view_of(self, shard: str) -> int:
+        """The cached view `shard`'s samples show this epoch (0 without views)."""
+        if self.views is None or self.epoch < self.cfg.augment_from_epoch:
+            return 0
+        return train_view(self.cfg.seed, self.epoch, shard, self.views.count)
 
     def _count_targets(self, store: TeacherStore) -> None:
         """Count what the join yields: a shard's samples less those the teacher could not read
@@ -205,6 +232,8 @@ class DistillStream(IterableDataset):
             )
 
     def _decode(self, sample: dict) -> dict | None:
+        if self.views is not None:
+            return self._decode_view(sample)
         try:
             img = decode_image(sample["data"], draft=True)
         except Exception:
@@ -214,6 +243,18 @@ class DistillStream(IterableDataset):
             img = self._augment(img, seed)
         sample["image"] = to_uint8_tensor(resize(img))
         del sample["data"]
+        return sample
+
+    def _decode_view(self, sample: dict) -> dict | None:
+        """The sample's cached view: the cache job's decode, then `view_pixels` (views on)."""
+        try:
+            pixels = decode_uint8(sample.pop("data"), draft=True)
+        except Exception:
+            return None
+        aug = self.views.augment
+        pixels = view_pixels(pixels, sample["key"], sample["view"], self.views.store_seed,
+                             magnitude=aug.magnitude, num_ops=aug.num_ops)  # fmt: skip
+        sample["image"] = torch.from_numpy(pixels)
         return sample
 
     def __iter__(self) -> Iterator[dict]:
@@ -269,8 +310,9 @@ class _ShardSamples:
         self.samples = iter_shard_raw(self.path)
         store = stream.store
         self.targets: GroupSamples | None = None
+        self.view = stream.view_of(name)
         if store is not None:
-            self.targets = store.open_samples(name, stream.text_pad)
+            self.targets = store.open_samples(name, stream.text_pad, self.view)
         self.missing = stream.missing.get(name, set())
 
     def _raw(self) -> tuple[str, bytes, str]:
@@ -301,7 +343,7 @@ class _ShardSamples:
 
     def take(self) -> dict:
         key, data, label = self._raw()
-        sample = {"key": key, "data": data, "label": label}
+        sample = {"key": key, "data": data, "label": label, "view": self.view}
         if self.targets is not None:
             self._match(key)
             _, feats = self.targets.take()

@@ -1,17 +1,17 @@
 """PARSeq's RandAugment variant on a batch of uint8 tensors, on the batch's own device (issue 14).
 
-Why: the host variant (`augment.py`, PIL, one image at a time) costs a DataLoader worker most of
-its time per sample, so a GPU trainer needs many host cores just to augment. Here the batch is
-augmented after it reached the device, with batched tensor ops.
+Why: the host variant (`pipeline/augment.py`, PIL, one image at a time) costs a DataLoader worker
+most of its time per sample, so a GPU trainer needs many host cores just to augment. Here the
+batch is augmented after it reached the device, with batched tensor ops.
 
 Same distribution as `StudentAugment`, drawn per *sample* (a per-batch draw, as torchvision's
 RandAugment makes, would give every image of a batch the same ops): each image gets `num_ops`
 distinct ops in a uniformly random order, each applied with probability 1/2, signed arguments
 negated with probability 1/2 and the geometric ops' interpolation drawn bilinear/bicubic 1/2 — as
 timm's `RandAugment`/`AugmentOp` draw them. The ops are applied layer by layer, grouped by op, so
-each op runs once per layer on the images that drew it. Every op (`pillow_ops.py`) reproduces
-its PIL counterpart on the same image, exactly or within one grey level (tested); the pipelines
-differ *by construction* in one respect: the host augments the decoded
+each op runs once per layer on the images that drew it. Every op (`pipeline/pillow_ops.py`)
+reproduces its PIL counterpart on the same image, exactly or within one grey level (tested); the
+pipelines differ *by construction* in one respect: the host augments the decoded
 image at its own size and then resizes to 32×128, this module augments the resized image. For a
 crop already near 32×128 (MJSynth, most benchmarks) that is the same; for a large crop, pixel-
 sized arguments (blur radius, noise) act at a coarser scale here, and shear/rotation act on the
@@ -20,6 +20,11 @@ sized arguments (blur radius, noise) act at a coarser scale here, and shear/rota
 Randomness comes from private generators seeded by the caller (the plan on the CPU, the Poisson
 noise on the device), so a replayed batch gets the same pixels and the global RNGs (dropout) are
 untouched.
+
+It does **not** replay cached teacher views (DESIGN §5, `pipeline/views.py`): the same seed draws
+other ops here than timm's `RandAugment` draws on the host (torch generators, not Python's and
+numpy's), the Poisson noise comes from torch, and the resize after a rotation may differ by one
+grey level. A view is the host op sequence's pixels, so views replay on the host path only.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from functools import partial
 
 import torch
 
-from clipocr.train_student import pillow_ops as po
-from clipocr.train_student.augment import (
+from clipocr.pipeline import pillow_ops as po
+from clipocr.pipeline.augment import (
     EXTRA_OPS,
     GEOMETRY_HPARAMS,
     HPARAMS,
@@ -39,7 +44,7 @@ from clipocr.train_student.augment import (
     blur_radius,
     noise_lambda,
 )
-from clipocr.train_student.pillow_ops import OpFn, Tensor
+from clipocr.pipeline.pillow_ops import OpFn, Tensor
 
 
 @dataclass(frozen=True)

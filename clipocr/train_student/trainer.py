@@ -129,6 +129,13 @@ class Trainer:
             else self.system
         )
 
+        views = self.store.spec.view_count if self.store is not None else 1
+        if cfg.augment and cfg.augment_on == "device" and views > 1:
+            raise InputError(
+                f"{self.store.root}: caches {views} views per sample, and --augment-on device "
+                "cannot replay them (it draws other ops than the host): train with --augment-on "
+                "host to use the views, or from a 1-view store"
+            )
         self.stream = DistillStream(
             cfg.shards,
             self.charset,
@@ -139,6 +146,7 @@ class Trainer:
                 cfg.seed,
                 cfg.augment_from_epoch,
                 open_shards=cfg.open_shards,
+                allow_view_drift=cfg.allow_view_drift,
             ),
             store=self.store,
             rank=self.rank,

@@ -32,7 +32,7 @@ from clipocr.pipeline.teacher_store.codecs import Codec, count_nonfinite
 from clipocr.pipeline.teacher_store.integrity import ARRAY_CONFIG, array_problems, checksummed
 from clipocr.pipeline.teacher_store.location import Location, tmp_name
 from clipocr.pipeline.teacher_store.ownership import OwnerRecord, read_owner
-from clipocr.pipeline.teacher_store.spec import STORE_FORMAT, StoreSpec
+from clipocr.pipeline.teacher_store.spec import StoreSpec
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class GroupWriter:
             mode="w",
             zarr_format=3,
             attributes={
-                "format": STORE_FORMAT,
+                "format": store.spec.store_format,
                 "codec": self.codec.name,
                 "chunk_samples": store.chunk_samples,
                 "complete": False,

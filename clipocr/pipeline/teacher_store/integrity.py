@@ -18,7 +18,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from clipocr.pipeline.teacher_store.codecs import Codec
-from clipocr.pipeline.teacher_store.spec import STAGES_IMAGE, STAGES_TEXT
+from clipocr.pipeline.teacher_store.spec import STAGES_IMAGE, STAGES_TEXT, view_tap
 
 # Zarr's default compressor for the index arrays (keys, text_offsets), made explicit so the
 # checksum can follow it.
@@ -42,10 +42,12 @@ def expected_shapes(
     count: int,
     text_rows: int,
     text_layout: str = "ragged",
+    views: int = 1,
 ) -> dict[str, tuple[int, ...]]:
     """Array name → the shape a shard group of `count` samples and (ragged layout) `text_rows`
     text rows must have. In the ``table`` layout a group holds the image taps and ``text_ref``
-    (count, 2) = (table part, row) per sample; the text taps live in the table (`table_shapes`)."""
+    (count, 2) = (table part, row) per sample; the text taps live in the table (`table_shapes`).
+    With `views` > 1 each image tap has one array per view (`spec.view_tap`), alike."""
     shapes: dict[str, tuple[int, ...]] = {"keys": (count,)}
     if text_layout == "table":
         if any(t not in STAGES_IMAGE for t in taps):
@@ -53,7 +55,12 @@ def expected_shapes(
         taps = tuple(t for t in taps if t in STAGES_IMAGE)
     elif any(t in STAGES_TEXT for t in taps):
         shapes["text_offsets"] = (count + 1,)
-    return shapes | _tap_shapes(taps, dims, codec, count, text_rows)
+    shapes |= _tap_shapes(taps, dims, codec, count, text_rows)
+    for tap in (t for t in taps if t in STAGES_IMAGE):
+        own = _tap_shapes((tap,), dims, codec, count, text_rows)  # the tap, its scales
+        for v in range(1, views):
+            shapes |= {view_tap(tap, v) + name[len(tap) :]: shape for name, shape in own.items()}
+    return shapes
 
 
 def table_shapes(

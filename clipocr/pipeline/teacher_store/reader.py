@@ -75,25 +75,27 @@ class TeacherStore(StoreView):
         if self.uses_table():
             self.text_table(text_pad == "align").prepare()
 
-    def open_samples(self, name: str, text_pad: str = "masked") -> GroupSamples:
-        """Group `name`'s samples one at a time, compact (see `GroupSamples`)."""
+    def open_samples(self, name: str, text_pad: str = "masked", view: int = 0) -> GroupSamples:
+        """Group `name`'s samples one at a time, compact (see `GroupSamples`); image taps of
+        cached view `view` (K-view stores; 0 = the clean image, every store's only view before)."""
         self.check_text_pad(text_pad)
-        return GroupSamples(self, name, text_pad)
+        self.check_view(view)
+        return GroupSamples(self, name, text_pad, view)
 
     def iter_shard(
-        self, name: str, text_pad: str = "masked"
+        self, name: str, text_pad: str = "masked", view: int = 0
     ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         """Yield ``(key, targets)`` per sample in stored order; targets are float32 arrays
         ``image_s*`` (N, D), ``text_s*`` (L+1, D) — (P, D), every position, with
         ``text_pad="align"`` — and ``text_emb`` (E,), each the sample's own copy; plus
         ``text_label`` in the table layout (see `iter_chunks`)."""
-        samples = self.open_samples(name, text_pad)
+        samples = self.open_samples(name, text_pad, view)
         for _ in range(samples.count):
             key, sample = samples.take()
             yield key, {k: v if k == TEXT_LABEL else decode_rows(v) for k, v in sample.items()}
 
     def iter_chunks(
-        self, name: str, text_pad: str = "masked"
+        self, name: str, text_pad: str = "masked", view: int = 0
     ) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
         """Yield ``(keys, block)`` a storage chunk of samples at a time, in stored order.
 
@@ -101,10 +103,11 @@ class TeacherStore(StoreView):
         (T, D) and ``text_offsets`` (B+1,) starting at 0; a table-layout store adds
         ``text_label`` (B,), the label each sample's text rows belong to. Each chunk is read and
         decoded once. ``text_pad="align"``: every position (c1..cL, EOT, pad…) per sample instead
-        of the L + 1 rows up to EOT (stores cached with ``--text-pad align`` only).
+        of the L + 1 rows up to EOT (stores cached with ``--text-pad align`` only). `view`: the
+        cached view whose image taps to read (K-view stores).
         """
         self.check_text_pad(text_pad)
-        for keys, block in self.iter_group_chunks(name):
+        for keys, block in self.iter_group_chunks(name, view):
             refs = block.pop("text_ref", None)
             if refs is not None:
                 labels, text = self.text_table(text_pad == "align").gather(refs)
@@ -128,7 +131,7 @@ class GroupSamples:
     passes samples by count, reading no chunk that holds only skipped samples. ``keys`` (and the
     references or text offsets) are read whole: a few bytes per sample."""
 
-    def __init__(self, store: TeacherStore, name: str, text_pad: str) -> None:
+    def __init__(self, store: TeacherStore, name: str, text_pad: str, view: int = 0) -> None:
         attrs = store.complete_attrs(name)
         where = store.loc.child(name)
         group = store.open_group(name, attrs)
@@ -144,7 +147,9 @@ class GroupSamples:
         if any(t in STAGES_TEXT for t in taps):
             arr = group["text_offsets"]
             self.offsets = ChunkStream(arr, f"{where}/text_offsets").take(self.count + 1)
-        self.streams = {tap: TapStream(group, tap, store.codec, where) for tap in taps}
+        self.view = view  # the cached view whose image taps this reads (K-view stores)
+        self.streams = {tap: TapStream(group, store.tap_array(tap, view), store.codec, where)
+                        for tap in taps}  # fmt: skip
         self.next = 0
 
     def _rows(self, tap: str, a: int, b: int) -> int:

@@ -25,7 +25,11 @@ STORE_FORMAT = "clipocr-teacher-store/2"
 # Format 1 (before the text table) had only the ragged per-shard text layout; it reads as
 # ``text_layout="ragged"``. Writers only add to stores of the current format.
 FORMAT_1 = "clipocr-teacher-store/1"
-READABLE_FORMATS = (FORMAT_1, STORE_FORMAT)
+# Format 3: cached *views* (DESIGN §5, issue 19) — format 2 plus the manifest's ``views`` record
+# and, per view v ≥ 1, image taps ``<tap>_v<v>`` beside view 0's ``<tap>``. A 1-view store is
+# written as format 2, byte for byte today's; formats 1 and 2 read as one view.
+FORMAT_VIEWS = "clipocr-teacher-store/3"
+READABLE_FORMATS = (FORMAT_1, STORE_FORMAT, FORMAT_VIEWS)
 MANIFEST_NAME = "manifest.json"
 STAGES_IMAGE = ("image_s1", "image_s2", "image_s3")
 STAGES_TEXT = ("text_s1", "text_s2", "text_s3")
@@ -45,6 +49,12 @@ DEFAULT_CHUNK_SAMPLES = 256
 TEXT_ROWS_PER_SAMPLE = 8
 # keys / text_offsets are small; one chunk holds a whole shard.
 INDEX_CHUNK = 65536
+
+
+def view_tap(tap: str, view: int) -> str:
+    """The array holding `tap` for cached view `view`: view 0 (the clean image) under the tap's
+    own name, as in a 1-view store, view v under ``<tap>_v<v>``."""
+    return tap if view == 0 else f"{tap}_v{view}"
 
 
 def jsonable(value: Any) -> Any:
@@ -105,9 +115,20 @@ class StoreSpec:
     source: dict = field(default_factory=dict)
     text_layout: str = "ragged"
     text_pad: str = "masked"
+    # Cached views (format 3): {} for one view, else `clipocr.pipeline.views.ViewsRecord`'s
+    # dict — ``count`` (K ≥ 2), ``store_seed``, ``augment`` (the spec), ``probe``. Kept a plain
+    # dict here: the store format must not import the augmentation (timm, torch).
+    views: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.taps = tuple(self.taps)
+        if self.views and not (
+            isinstance(self.views.get("count"), int)
+            and self.views["count"] >= 2
+            and "store_seed" in self.views
+        ):
+            raise InputError(f"store views {self.views.get('count')!r}: a views record needs "
+                             "count >= 2 and a store_seed")  # fmt: skip
         if self.form not in FORMS:
             raise InputError(f"store form {self.form!r}: expected one of {', '.join(FORMS)}")
         parse_codec(self.codec)
@@ -128,13 +149,32 @@ class StoreSpec:
         if absent:
             raise InputError(f"store dims {self.dims}: missing {', '.join(absent)}")
 
+    @property
+    def view_count(self) -> int:
+        """K: cached views per sample (1 for stores of formats 1 and 2)."""
+        return int(self.views.get("count", 1))
+
+    @property
+    def store_format(self) -> str:
+        return FORMAT_VIEWS if self.views else STORE_FORMAT
+
+    def image_arrays(self, tap: str) -> list[str]:
+        """The arrays of image tap `tap`, one per view (`view_tap`)."""
+        return [view_tap(tap, v) for v in range(self.view_count)]
+
     def to_dict(self) -> dict:
-        return jsonable(asdict(self))
+        out = jsonable(asdict(self))
+        if not self.views:
+            del out["views"]  # a 1-view manifest is format 2's, unchanged
+        return out
 
     def identity(self) -> dict:
-        """`to_dict` without ``source``: the fields a store and a writer must agree on."""
+        """`to_dict` without ``source`` (and the views' probe pixels, which follow from the
+        rest): the fields a store and a writer must agree on."""
         out = self.to_dict()
         del out["source"]
+        if "views" in out:
+            out["views"].pop("probe", None)
         return out
 
     @classmethod
@@ -142,7 +182,7 @@ class StoreSpec:
         """From `to_dict` output or a whole manifest (extra keys are ignored)."""
         names = (
             "teacher", "preprocessing", "dims", "form", "codec", "charset", "code_version",
-            "source", "text_layout", "text_pad",
+            "source", "text_layout", "text_pad", "views",
         )  # fmt: skip
         kwargs = {k: d[k] for k in names if k in d}
         if "taps" in d:

@@ -32,6 +32,7 @@ from clipocr.pipeline.teacher_store.spec import (
     jsonable,
     read_manifest,
     shard_group_name,
+    view_tap,
 )
 from clipocr.pipeline.teacher_store.streams import ChunkStream, TapStream
 
@@ -106,7 +107,7 @@ class StoreView:
             group = zarr.open_group(where, mode="r")
             shapes = expected_shapes(
                 self.spec.taps, self.spec.dims, self.codec, int(attrs["count"]),
-                int(attrs.get("text_rows", 0)), self.spec.text_layout,
+                int(attrs.get("text_rows", 0)), self.spec.text_layout, self.spec.view_count,
             )  # fmt: skip
             problems = array_problems(group, shapes)
         except Exception as err:  # metadata deleted or garbled
@@ -119,10 +120,25 @@ class StoreView:
             )
         return group
 
-    def iter_group_chunks(self, name: str) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
+    def check_view(self, view: int) -> None:
+        if not 0 <= view < self.spec.view_count:
+            raise InputError(
+                f"{self.loc.child(MANIFEST_NAME)}: view {view} asked for, the store caches "
+                f"{self.spec.view_count} view(s) per sample (0..{self.spec.view_count - 1})"
+            )
+
+    def tap_array(self, tap: str, view: int) -> str:
+        """The array a group stores `tap` of cached view `view` in (`spec.view_tap`)."""
+        return view_tap(tap, view) if tap in STAGES_IMAGE else tap
+
+    def iter_group_chunks(
+        self, name: str, view: int = 0
+    ) -> Iterator[tuple[list[str], dict[str, np.ndarray]]]:
         """Yield ``(keys, block)`` a storage chunk of samples at a time from the group's own
-        arrays, decoded to float32: the group's taps, ``text_offsets`` (B+1,) from 0 for ragged
-        text, ``text_ref`` (B, 2) in the table layout. Each chunk is read and decoded once."""
+        arrays, decoded to float32: the group's taps (image taps of cached view `view`, under
+        their own names), ``text_offsets`` (B+1,) from 0 for ragged text, ``text_ref`` (B, 2)
+        in the table layout. Each chunk is read and decoded once."""
+        self.check_view(view)
         attrs = self.complete_attrs(name)
         where = self.loc.child(name)
         group = self.open_group(name, attrs)
@@ -135,7 +151,8 @@ class StoreView:
         offsets = None
         if any(t in STAGES_TEXT for t in taps):
             offsets = ChunkStream(group["text_offsets"], f"{where}/text_offsets").take(count + 1)
-        streams = {tap: TapStream(group, tap, self.codec, where) for tap in taps}
+        streams = {tap: TapStream(group, self.tap_array(tap, view), self.codec, where)
+                   for tap in taps}  # fmt: skip
         step = int(attrs.get("chunk_samples", DEFAULT_CHUNK_SAMPLES))
         for a in range(0, count, step):
             b = min(a + step, count)

@@ -30,6 +30,7 @@ from clipocr.pipeline.teacher_store.location import TMP_PREFIX, group_attrs
 from clipocr.pipeline.teacher_store.ownership import is_abandoned
 from clipocr.pipeline.teacher_store.sources import SOURCE_ATTR, compare
 from clipocr.pipeline.teacher_store.spec import (
+    STAGES_IMAGE,
     STAGES_TEXT,
     TABLE_DIR,
     shard_group_name,
@@ -92,6 +93,7 @@ def verify_store(
         "root": store.root,
         "codec": spec.codec,
         "form": spec.form,
+        "views": spec.view_count,
         "num_shards": len(complete),
         "num_samples": num,
         "nbytes": total,
@@ -167,7 +169,8 @@ def _check_group(
     spec, codec = store.spec, store.codec
     rows = int(attrs.get("text_rows", -1))
     table = spec.text_layout == "table"
-    shapes = expected_shapes(spec.taps, spec.dims, codec, count, rows, spec.text_layout)
+    shapes = expected_shapes(spec.taps, spec.dims, codec, count, rows, spec.text_layout,
+                             spec.view_count)  # fmt: skip
     if "text_ref" in shapes:
         refs = group["text_ref"][:]
         limit = np.array([parts.get(int(p), 0) for p in refs[:, 0]], np.int64)
@@ -191,11 +194,13 @@ def _check_group(
         return
     bad: dict[str, int] = {}
     scanned = store.group_taps()  # the table's taps were scanned once, above
-    for _, block in store.iter_group_chunks(name):  # decoding checks every chunk's CRC32C
-        for tap in scanned:
-            n = int(block[tap].size - np.isfinite(block[tap]).sum())
-            if n:
-                bad[tap] = bad.get(tap, 0) + n
+    for view in range(spec.view_count):
+        for _, block in store.iter_group_chunks(name, view):  # decoding checks each CRC32C
+            for tap in scanned if view == 0 else [t for t in scanned if t in STAGES_IMAGE]:
+                n = int(block[tap].size - np.isfinite(block[tap]).sum())
+                if n:
+                    name_v = store.tap_array(tap, view)
+                    bad[name_v] = bad.get(name_v, 0) + n
     for tap, n in bad.items():
         probs.append(f"{tap}: {n} NaN/Inf values")
 
@@ -207,7 +212,8 @@ def format_verify_report(report: dict) -> str:
         f"{report['root']}: {report['num_shards']} complete shard(s), {report['num_samples']} "
         f"samples, {report['nbytes'] / 1e6:.1f} MB"
         + (f", {bps / 1e3:.1f} KB/sample" if bps else "")
-        + f" (codec {report['codec']}, form {report['form']})"
+        + f" (codec {report['codec']}, form {report['form']}"
+        + (f", {report['views']} cached views per sample)" if report.get("views", 1) > 1 else ")")
     ]
     table = report.get("text_table") or {}
     if table.get("parts"):

@@ -53,12 +53,12 @@ from clipocr.pipeline.teacher_store.spec import (
     MANIFEST_NAME,
     STAGES_IMAGE,
     STAGES_TEXT,
-    STORE_FORMAT,
     TEXT_ROWS_PER_SAMPLE,
     StoreSpec,
     check_group_name,
     diff_fields,
     read_manifest,
+    view_tap,
 )
 from clipocr.pipeline.teacher_store.table_parts import LabelIndex, label_index
 
@@ -91,7 +91,7 @@ class TeacherStoreWriter:
         self.encode_threads = max(int(encode_threads), 1)
         self._index: LabelIndex | None = None
         manifest = {
-            "format": STORE_FORMAT,
+            "format": spec.store_format,
             **spec.to_dict(),
             "storage": {
                 "dtype": str(self.codec.dtype),
@@ -102,7 +102,7 @@ class TeacherStoreWriter:
         }
         if self.loc.create_text(MANIFEST_NAME, json.dumps(manifest, indent=2)):
             zarr.open_group(
-                self.loc.url, mode="a", zarr_format=3, attributes={"format": STORE_FORMAT}
+                self.loc.url, mode="a", zarr_format=3, attributes={"format": spec.store_format}
             )
             self.manifest = manifest
         else:
@@ -113,12 +113,34 @@ class TeacherStoreWriter:
                     "text rows per shard); training still reads it, but new shards go into a new "
                     "store: rerun cache-teacher with another --out"
                 )
+            self._check_views()
             diffs = diff_fields(self.manifest, spec.identity())
             if diffs:
                 raise InputError(
                     f"{self.loc.child(MANIFEST_NAME)}: store was made for another teacher setup "
                     f"(use a new store): {'; '.join(diffs)}"
                 )
+
+    def _check_views(self) -> None:
+        """Refuse to add groups of another view count or augmentation to an existing store:
+        a K-view store's groups must all hold the same views (issue 19)."""
+        have = dict(self.manifest.get("views") or {})
+        have.pop("probe", None)
+        want = self.spec.identity().get("views", {})
+        if have == want:
+            return
+        where = self.loc.child(MANIFEST_NAME)
+        k_have, k_want = int(have.get("count", 1)), int(want.get("count", 1))
+        if k_have != k_want:
+            raise InputError(
+                f"{where}: store holds {k_have} cached view(s) per sample, this run caches "
+                f"{k_want} (--views): use a new store, or the store's --views"
+            )
+        diffs = diff_fields(have, want, "views")
+        raise InputError(
+            f"{where}: store's views were made otherwise (use a new store): {'; '.join(diffs[:3])}"
+            + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "")
+        )
 
     @property
     def root(self) -> str:
@@ -196,14 +218,19 @@ class ShardGroupWriter(GroupWriter):
         self.dims = store.spec.dims
         self.layout = store.spec.text_layout
         table = self.layout == "table"
-        self.group_taps = tuple(t for t in self.taps if t in STAGES_IMAGE) if table else self.taps
-        self.refs = table and len(self.group_taps) < len(self.taps)
+        taps = tuple(t for t in self.taps if t in STAGES_IMAGE) if table else self.taps
+        self.refs = table and len(taps) < len(self.taps)
+        # K-view store: each image tap once per view (`view_tap`), after view 0's taps
+        views = store.spec.view_count
+        self._base = {view_tap(t, v): t for v in range(1, views) for t in taps if t in STAGES_IMAGE}
+        self.group_taps = taps + tuple(self._base)
         self.labels: dict[str, str] = dict(labels or {})
         self.text_rows = 0
         self._make_arrays()
 
     # -- layout ------------------------------------------------------------------------------
     def _row_shape(self, tap: str) -> tuple[int, ...]:
+        tap = self._base.get(tap, tap)
         if tap in STAGES_IMAGE:
             return (self.dims["image_tokens"], self.dims["image"])
         return (self.dims["text"],) if tap in STAGES_TEXT else (self.dims["emb"],)
@@ -222,9 +249,8 @@ class ShardGroupWriter(GroupWriter):
             self.new_tap(tap, self._row_shape(tap), cs * per, n * per)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        return expected_shapes(
-            self.taps, self.dims, self.codec, self.count, self.text_rows, self.layout
-        )
+        return expected_shapes(self.taps, self.dims, self.codec, self.count, self.text_rows,
+                               self.layout, self.store.spec.view_count)  # fmt: skip
 
     # -- writing -----------------------------------------------------------------------------
     def _rows(self, tap: str, feats: dict, b: int) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Pillow's image ops, as timm's RandAugment and `augment.py` call them, on batches of uint8
-tensors (N, C, H, W) on any device (issue 14; `device_augment.py` draws which image gets which).
+tensors (N, C, H, W) on any device (issue 14; `train_student/device_augment.py` draws which image
+gets which).
 
 Each op replays Pillow's arithmetic rather than a look-alike, so that a device-augmented image is
 the host-augmented one: lookup tables built as `ImageOps` builds them, blends in float32 and
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipocr.train_student.augment import FILL
+from clipocr.pipeline.augment import FILL
 
 Tensor = torch.Tensor
 # An op: (uint8 images (n, C, H, W), its argument per image (n,), bicubic per image (n,), the

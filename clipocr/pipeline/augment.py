@@ -1,4 +1,8 @@
-"""Student-side augmentation: PARSeq's RandAugment variant (DESIGN §3).
+"""The training augmentation: PARSeq's RandAugment variant (DESIGN §3).
+
+It lives on the pipeline floor, not in `train_student`, because two jobs apply it: the trainer to
+the student's input, and the cache job to the images of cached teacher *views* (`views.py`,
+DESIGN §5), which must be the very pixels the trainer later replays.
 
 timm's `rand_augment_ops` supplies the photometric and geometric ops (Sharpness removed: it fights
 the blur op); three ops are added here as PARSeq adds them — Gaussian blur, Poisson noise and a
@@ -8,12 +12,15 @@ to `timm.data.auto_augment.RandAugment`, and the shear/translate magnitudes PARS
 its patched level functions (`aa_overrides`) are set on our own op instances (issue 22).
 
 Each sample is augmented under its own seed, so a replayed data stream (resume, cached views)
-gets exactly the same pixels. `device_augment.py` draws the same ops on batched tensors.
+gets exactly the same pixels. `train_student/device_augment.py` draws the same ops on batched
+tensors (same distribution, not the same draws).
 """
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -126,6 +133,18 @@ _EXTRA_FNS = {"RotateExpand": _rotate_expand, "GaussianBlur": _gaussian_blur,
               "PoissonNoise": _poisson_noise}  # fmt: skip
 
 
+_rng_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    """A forked child starts with the lock free (its holder thread did not come along)."""
+    global _rng_lock
+    _rng_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 class StudentAugment:
     """`num_ops` ops drawn without replacement at `magnitude` (PARSeq: 3 ops at magnitude 5)."""
 
@@ -141,12 +160,17 @@ class StudentAugment:
         self._augment = auto_augment.RandAugment(ops, num_ops, weights)
 
     def __call__(self, img: Image.Image, seed: int) -> Image.Image:
-        """Augment `img` under `seed`; the global RNG states are restored afterwards."""
-        py_state, np_state = random.getstate(), np.random.get_state()
-        random.seed(seed)
-        np.random.seed(seed % (1 << 32))
-        try:
-            return self._augment(img.convert("RGB"))
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+        """Augment `img` under `seed`; the global RNG states are restored afterwards.
+
+        timm draws from the *global* `random` and `numpy.random` generators, so two threads
+        augmenting at once (the cache job's dask worker threads) would draw from each other's
+        seeded streams and make pixels no replay reproduces: one thread at a time, by a lock."""
+        with _rng_lock:
+            py_state, np_state = random.getstate(), np.random.get_state()
+            random.seed(seed)
+            np.random.seed(seed % (1 << 32))
+            try:
+                return self._augment(img.convert("RGB"))
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
