@@ -1,18 +1,25 @@
-"""The reference run (issue 13): baseline vs distilled on ≥ 200 k rendered words + real crops.
+"""The reference run (issues 13, 20): baseline vs distilled on rendered words + real crops.
 
     .venv/bin/python bench/reference.py                       # ≈ 1.5 h on the 2-core CPU, resumable
     .venv/bin/python bench/reference.py --samples 100000 --seeds 0 1   # reduced budget, 2 seeds
     python3 bench/reference.py --device cuda --preset small --samples 5000000 --batch-size 256
+    # issue 20's shipped student: fine-tune the bundled one on the new renderer's words and the
+    # real crops (×4), augmentation on, the best of 3 checkpoints by a separate validation part
+    .venv/bin/python bench/reference.py --out ~/ref2 --words 40000 --samples 150000 --augment \
+        --init-from bundled --select 200 --real-repeat 4 --keep-best 3 --lr 1e-2
 
 Data: `--words` rendered training words (70 % clean, 30 % hard styles) plus the real training
-crops of `--real-data` (IIIT5k_train_2000, IC15_train_4468) less a held-back validation part of
-each (`--held-back`, default 500 per set, never trained on), a rendered clean validation set, one
-store of the bundled teacher's features. Both arms train with the same data, steps and seed —
-side by side on one core each on a CPU, one after the other on a GPU — with validation on the
-three held-back sets every `--val-every` steps. Every stage is skipped when its output exists and
-training resumes, so rerunning the same command continues an interrupted run. Writes
-OUT/reference-SAMPLES.json (figures per seed and arm), OUT/reference-SAMPLES.md (the table), a
-curves plot (word accuracy vs samples seen, both arms, one plot) to `--curves`.
+crops of `--real-data` (IIIT5k_train_2000, IC15_train_4468) split by one seeded shuffle into a
+test part (`--held-back`, default 500 per set: never trained on, never used to choose anything,
+the same crops in every run), an optional validation part (`--select` per set, with as many
+rendered clean words: what `--keep-best` chooses the exported checkpoint by) and the training
+rest (repeated `--real-repeat` times in the shards); one store of the bundled teacher's
+features. Both arms train with the same data, steps and seed — side by side on one core each on a
+CPU, one after the other on a GPU — with validation every `--val-every` steps. Every figure is
+read on the test part, by the AR decoder and by the CTC head. Every stage is skipped when its
+output exists and training resumes, so rerunning the same command continues an interrupted run.
+Writes OUT/reference-SAMPLES.json (figures per seed and arm), OUT/reference-SAMPLES.md (the
+table), a curves plot (validation word accuracy vs samples seen, both arms) to `--curves`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,10 +44,14 @@ class Arm:
     run: str
     accuracy: dict[str, float]  # test set → word accuracy %
     one_minus_ned: dict[str, float]
+    ctc_accuracy: dict[str, float]  # the same sets read by the auxiliary CTC head, where present
 
 
-def _split_real(real_root: Path, data: Path, held_back: int, seed: int) -> list[Path]:
-    """Each real split as two LMDBs: `train/NAME` and `val/NAME` (`held_back` samples)."""
+def _split_real(real_root: Path, data: Path, held_back: int, select: int, seed: int) -> list[Path]:
+    """Each real split as three LMDBs from one seeded shuffle: `test/NAME` (the first
+    `held_back` crops: never trained on, never used to choose a checkpoint — the same crops as
+    every earlier reference run's held-back part), `val/NAME` (the next `select` crops: what
+    `--keep-best` chooses checkpoints by) and `train/NAME` (the rest)."""
     from clipocr.pipeline.lmdb_io import LmdbWriter
     from clipocr.pipeline.sources import ImageFolderSource
 
@@ -51,15 +63,21 @@ def _split_real(real_root: Path, data: Path, held_back: int, seed: int) -> list[
             continue
         entries = list(ImageFolderSource(src).entries)
         random.Random(seed).shuffle(entries)
-        parts = {"val": entries[:held_back], "train": entries[held_back:]}
+        cut = held_back + select
+        parts = {"test": entries[:held_back], "val": entries[held_back:cut], "train": entries[cut:]}
         for part, chosen in parts.items():
             out = data / part / name
-            if not out.exists():
+            if chosen and not out.exists():
                 with LmdbWriter(out) as writer:
                     for _, rel, label in sorted(chosen):
                         writer.add((src / rel).read_bytes(), label)
         train_parts.append(data / "train" / name)
     return train_parts
+
+
+def _mean_ctc(arms: list[Arm], arm: str, name: str) -> str:
+    values = [a.ctc_accuracy[name] for a in arms if a.name == arm and name in a.ctc_accuracy]
+    return f"{statistics.mean(values):.1f}" if values else "–"
 
 
 def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
@@ -110,7 +128,17 @@ def main() -> None:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--real-data", type=Path, default=Path("../shared/data/real-train"))
-    parser.add_argument("--held-back", type=int, default=500)
+    parser.add_argument("--held-back", type=int, default=500, help="real test crops per set")
+    parser.add_argument(
+        "--select", type=int, default=0, help="real crops per set held back to choose checkpoints"
+    )
+    parser.add_argument(
+        "--real-repeat", type=int, default=1, help="times each real training crop is in the shards"
+    )
+    parser.add_argument("--init-from", help="start both arms from this student (or 'bundled')")
+    parser.add_argument(
+        "--keep-best", type=int, default=0, help="export the best of K by validation (0: last)"
+    )
     parser.add_argument("--val-every", type=int, default=None, help="steps (default: 20 points)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--curves", type=Path, default=Path("docs/reference_curves.png"))
@@ -122,6 +150,7 @@ def main() -> None:
     from clipocr.commands.demo import render_once, train_runs
     from clipocr.commands.eval import run_evaluation
     from clipocr.pipeline.charset import Charset
+    from clipocr.pipeline.errors import InputError
     from clipocr.pipeline.shards import prepare_shards
     from clipocr.pipeline.threads import usable_cores
     from clipocr.train_student.config import TrainConfig
@@ -131,9 +160,17 @@ def main() -> None:
     train_sets = [
         render_once(data / "train" / "synth_clean", clean, 101, "clean"),
         render_once(data / "train" / "synth_hard", args.words - clean, 102, "hard"),
-        *_split_real(args.real_data, data, args.held_back, seed=0),
     ]
-    render_once(data / "val" / "synth_clean", 500, 103, "clean")
+    real_train = _split_real(args.real_data, data, args.held_back, args.select, seed=0)
+    for copy in range(args.real_repeat):  # an LMDB opens once per process: repeats are copies
+        for part in real_train:
+            repeat = part.with_name(f"{part.name}.repeat{copy}") if copy else part
+            if not repeat.exists():
+                shutil.copytree(part, repeat)
+            train_sets.append(repeat)
+    render_once(data / "test" / "synth_clean", 500, 103, "clean")
+    if args.select:
+        render_once(data / "val" / "synth_clean", args.select, 104, "clean")
     shards = data / "shards"
     if not (shards / "shards.json").exists():
         prepare_shards(train_sets, shards, Charset.from_name("36"), shard_size=5000)
@@ -146,7 +183,9 @@ def main() -> None:
 
     steps = max(args.samples // args.batch_size, 1)
     val_every = args.val_every or max(steps // 20, 1)
-    vals = sorted(str(p) for p in (data / "val").iterdir())
+    # Checkpoints are chosen on `val` (when --select gives one); every figure is read on `test`.
+    val_root = data / ("val" if args.select else "test")
+    vals = sorted(str(p) for p in val_root.iterdir())
     cpu = args.device == "cpu"
     parallel = cpu and usable_cores() >= 2  # on one core (taskset): one arm after the other
     arms: list[Arm] = []
@@ -164,6 +203,9 @@ def main() -> None:
                     batch_size=args.batch_size,
                     lr=args.lr,
                     augment=args.augment,
+                    init_from=args.init_from,
+                    keep_best=args.keep_best,
+                    export="best" if args.keep_best else "last",
                     max_steps=steps,
                     seed=seed,
                     device=args.device,
@@ -178,11 +220,18 @@ def main() -> None:
             )
         for run_cfg, model in zip(runs, train_runs(runs, parallel), strict=True):
             arm = "distilled" if run_cfg.distill else "baseline"
-            result = run_evaluation(model, data / "val", device=args.device, speed=False,
-                                    echo=False)  # fmt: skip
-            rows = result.report.rows
+            heads = {}
+            for decoding in ("ar", "ctc"):  # the baseline's best head is reported too
+                try:
+                    heads[decoding] = run_evaluation(model, data / "test", device=args.device,
+                                                     speed=False, echo=False,
+                                                     decoding=decoding).report.rows  # fmt: skip
+                except InputError:  # a student without a CTC head
+                    continue
+            rows = heads["ar"]
             arms.append(Arm(seed, arm, run_cfg.out, {r.name: r.accuracy for r in rows},
-                            {r.name: r.one_minus_ned for r in rows}))  # fmt: skip
+                            {r.name: r.one_minus_ned for r in rows},
+                            {r.name: r.accuracy for r in heads.get("ctc", [])}))  # fmt: skip
             if seed == args.seeds[0]:
                 curves.update(_curves(Path(run_cfg.out), args.batch_size, arm))
 
@@ -191,8 +240,8 @@ def main() -> None:
         f"reference run: {args.words} rendered words + real crops, {args.samples} samples per arm, "
         f"preset {args.preset}, batch {args.batch_size}, seeds {args.seeds}, device {args.device}",
         "",
-        "| test set (held back) | baseline | distilled | gain |",
-        "|---|---|---|---|",
+        "| test set (held back) | baseline | distilled | gain | CTC head: baseline / distilled |",
+        "|---|---|---|---|---|",
     ]
     for name in names:
         base = [a.accuracy[name] for a in arms if a.name == "baseline"]
@@ -201,7 +250,8 @@ def main() -> None:
         spread = f" ± {statistics.stdev(gains):.1f}" if len(gains) > 1 else ""
         lines.append(
             f"| {name} | {statistics.mean(base):.1f} | {statistics.mean(dist):.1f} | "
-            f"{statistics.mean(gains):+.1f}{spread} |"
+            f"{statistics.mean(gains):+.1f}{spread} | {_mean_ctc(arms, 'baseline', name)} / "
+            f"{_mean_ctc(arms, 'distilled', name)} |"
         )
     table = "\n".join(lines)
     print(table)
