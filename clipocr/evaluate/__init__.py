@@ -2,7 +2,9 @@
 
 Owns: benchmark names and discovery (`datasets`), per-sample scoring (`metrics`), the result types
 (`results`), the evaluation loop and speed timing (`benchmark`), rendering a report as table,
-JSON, TSV and grid (`report`), and reading image files with a student (`read`).
+JSON, TSV and grid (`report`), reading image files with a student (`read`), the Python API
+`Reader` (`reader`), and exporting a student as one graph and running it (`export`,
+`graph_backend`).
 
 May import `pipeline` and `train_student`'s model and checkpoint only — never `cache_teacher`,
 open_clip or typer (the command lives in `clipocr.commands.eval`). `evaluate(model, lmdb_paths)
