@@ -252,10 +252,13 @@ def test_gradients_reach_heads_and_student() -> None:
                  "gam.mlp.0.weight", "gam.mlp.3.weight"):  # fmt: skip
         assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
     student_params = dict(student.named_parameters())
-    for name in ("encoder.blocks.0.attn.qkv.weight", "encoder.blocks.3.mlp.fc1.weight",
-                 "dec_layers.0.self_attn.q.weight", "tok_embed.weight"):  # fmt: skip
-        grad = student_params[name].grad
-        assert grad is not None and grad.abs().sum() > 0, name
+    # by prefix: the decoder layer's own parameter names depend on its implementation
+    for prefix in ("encoder.blocks.0.attn.", "encoder.blocks.3.mlp.fc1.weight",
+                   "dec_layers.0.self_attn.", "tok_embed.weight"):  # fmt: skip
+        found = [p for n, p in student_params.items() if n.startswith(prefix) and p.ndim > 1]
+        assert found, prefix
+        for p in found:
+            assert p.grad is not None and p.grad.abs().sum() > 0, prefix
     # the head is not trained by distillation: only the recognition loss reaches it
     assert student_params["head.weight"].grad is None
 
