@@ -34,20 +34,32 @@ SPAWNED: list[subprocess.Popen] = []  # every process started, killed at the end
 # -- processes ---------------------------------------------------------------------------------
 
 
-def spawn(args: list[object], log: Path | None = None) -> subprocess.Popen:
-    """`python -m clipocr ARGS` in its own process group (so it can be killed with children)."""
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def spawn(
+    args: list[object], log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`python -m clipocr ARGS` in its own process group (so it can be killed with children);
+    `env`: variables added to the usual environment. SIGINT is given back its default, so
+    Python turns it into KeyboardInterrupt even when this suite runs as a background job of a
+    non-interactive shell (which starts it, and so its children, with SIGINT ignored)."""
     out = log.open("w") if log else subprocess.PIPE
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clipocr", *map(str, args)], cwd=REPO, env=ENV, text=True,
-        start_new_session=True, stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE,
+        [sys.executable, "-m", "clipocr", *map(str, args)], cwd=REPO, env={**ENV, **(env or {})},
+        text=True, start_new_session=True, stdout=out,
+        stderr=subprocess.STDOUT if log else subprocess.PIPE, preexec_fn=_default_sigint,
     )  # fmt: skip
     SPAWNED.append(proc)
     return proc
 
 
-def clip(*args: object, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def clip(
+    *args: object, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `clipocr ARGS` to the end; past `timeout` it is killed and reported as rc 124."""
-    proc = spawn(list(args))
+    proc = spawn(list(args), env=env)
     try:
         out, err = proc.communicate(timeout=timeout * SLOW)
     except subprocess.TimeoutExpired:

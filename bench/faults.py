@@ -16,10 +16,12 @@ on one core with one thread per process (``taskset -c 0 python bench/faults.py``
 process is bounded by a timeout and killed in the end. A ``--work`` folder is kept and reused by
 the next run with the same folder (its data is built once), which is handy with ``--only``.
 
-The cases live in `fault_cases.py` (faults) and `bad_inputs.py` / `bad_inputs_run.py` (bad
-inputs); `fault_kit.py` holds what they share (processes, checks, the workspace).
+The cases live in `fault_cases.py` / `fault_cases_train.py` (faults) and `bad_inputs.py` /
+`bad_inputs_run.py` (bad inputs), issue 23's in `fault_cases_23.py` / `bad_inputs_23.py`;
+`fault_kit.py` holds what they share (processes, checks, the workspace).
 
     python bench/faults.py [--json faults.json] [--work DIR] [--only SUBSTRING] [--kind KIND]
+                           [--issue23]
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bad_inputs import BAD_DATA
+from bad_inputs_23 import BAD_23
 from bad_inputs_run import BAD_RUN
 from fault_cases import FAULTS
+from fault_cases_23 import FAULTS_23
 from fault_cases_train import TRAIN_FAULTS
 from fault_kit import Result, Work, kill_all
 
@@ -67,8 +71,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results and totals here")
     parser.add_argument("--work", type=Path, help="work folder (kept); default: a temporary one")
-    parser.add_argument("--only", default="", help="run only cases whose name contains this")
+    parser.add_argument(
+        "--only", default="", help="run only cases whose name contains this (or any of A|B|…)"
+    )
     parser.add_argument("--kind", choices=("fault", "bad input"), help="run only cases of a kind")
+    parser.add_argument("--issue23", action="store_true", help="run only issue 23's cases")
     args = parser.parse_args()
     root = args.work or Path(tempfile.mkdtemp(prefix="clipocr-faults-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -78,10 +85,13 @@ def main() -> None:
     try:
         w.build()
         print(f"setup {time.perf_counter() - tic:.0f} s in {root}; tmpfs: {w.tmpfs}", flush=True)
-        cases = [(n, "fault", f) for n, f in FAULTS + TRAIN_FAULTS]
-        cases += [(n, "bad input", f) for n, f in BAD_DATA + BAD_RUN]
+        faults, bad = FAULTS + TRAIN_FAULTS + FAULTS_23, BAD_DATA + BAD_RUN + BAD_23
+        if args.issue23:
+            faults, bad = FAULTS_23, BAD_23
+        cases = [(n, "fault", f) for n, f in faults] + [(n, "bad input", f) for n, f in bad]
+        only = args.only.split("|")
         for name, kind, fn in cases:
-            if args.only in name and args.kind in (None, kind):
+            if any(part in name for part in only) and args.kind in (None, kind):
                 results.append(run_case(w, name, kind, fn))
     finally:
         kill_all()

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-import torch
-from PIL import Image, ImageDraw
+# One thread per test process, set before numpy/torch load their thread pools: the suite runs on
+# every core (pytest-xdist), and a second OpenMP/OpenBLAS thread per process only spins against
+# the other workers (measured: a tiny training test took 94 s instead of 16 s on 2 busy cores).
+# Subprocesses the tests start inherit it; tests of the thread rules set their own environment.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
-from clipocr.pipeline.lmdb_io import LmdbWriter
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from clipocr.pipeline.lmdb_io import LmdbWriter  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -99,3 +110,62 @@ def fake_store(shard_dir: Path, out: Path, dims: dict = TINY_DIMS, seed: int = 0
             group.append([k for k, _, _ in samples], feats)
             group.commit(missing=[k for k, image, _ in decoded if image is None])
     return out
+
+
+@dataclass(frozen=True)
+class OverfitRun:
+    """A `test`-preset student trained (distilled from a fake store) to read its 16 WORDS."""
+
+    shards: Path  # the 16 WORDS in one shard
+    store: Path  # their fake teacher store
+    run: Path  # the run folder (history.jsonl, student.safetensors)
+    images: Path  # the same 16 words as image files 000.png … 015.png
+    labels: list[str]  # the words, in file order
+
+    @property
+    def student(self) -> Path:
+        return self.run / "student.safetensors"
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder for `name` that every pytest-xdist worker of this session sees (the session's
+    base temp folder; without xdist, this process's own)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/popen-gwK -> pytest-N, unique to this session
+    return base / name
+
+
+@pytest.fixture(scope="session")
+def overfit_run(tmp_path_factory: pytest.TempPathFactory) -> OverfitRun:
+    """Train once per test session, whichever xdist worker gets there first (the others wait
+    on a file lock and reuse it): the one trained student the trainer and `read` tests share.
+
+    150 steps at lr 0.1 on one batch of 16 is the shortest run that reads all 16 words
+    (measured: 120 steps read 9, 100 steps 2); ≈ 15 CPU-seconds."""
+    from filelock import FileLock
+
+    from clipocr.train_student.config import TrainConfig
+    from clipocr.train_student.trainer import Trainer
+
+    root = _shared_dir(tmp_path_factory, "overfit")
+    root.mkdir(parents=True, exist_ok=True)
+    done = root / "done"
+    with FileLock(str(root / ".lock")):
+        if not done.exists():
+            for part in ("shards", "store", "run", "images", "words_lmdb"):
+                shutil.rmtree(root / part, ignore_errors=True)  # a failed earlier try
+            shards = make_shards(root, WORDS, shard_size=16)
+            fake_store(shards, root / "store")
+            cfg = TrainConfig(
+                shards=str(shards), teacher_store=str(root / "store"), out=str(root / "run"),
+                preset="test", batch_size=16, lr=0.1, max_steps=150, augment=False,
+                shuffle_buffer=1, warmup_pct=0.1, workers=0, threads=1, progress=False,
+                ckpt_every=1000, log_every=10,
+            )  # fmt: skip
+            Trainer(cfg).run()
+            (root / "images").mkdir()
+            for i, word in enumerate(WORDS):
+                (root / "images" / f"{i:03d}.png").write_bytes(text_image(word))
+            done.touch()
+    return OverfitRun(root / "shards", root / "store", root / "run", root / "images", list(WORDS))

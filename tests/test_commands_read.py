@@ -1,4 +1,5 @@
-"""`clipocr read` end to end: render words, train a tiny student by the CLI, read them back."""
+"""`clipocr read` end to end: a tiny student trained on words (once per session) reads their image
+files back; the bundled student reads words rendered here."""
 
 from __future__ import annotations
 
@@ -15,26 +16,10 @@ WORDS = 32
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
-    """A `test`-preset student trained by `clipocr train` on 32 rendered words, and the words
-    as image files."""
-    root = tmp_path_factory.mktemp("read")
-    runner = CliRunner()
-    made = runner.invoke(
-        app,
-        ["synth", "--out", str(root / "lmdb"), "--num", str(WORDS), "--seed", "3",
-         "--shards", str(root / "shards")],
-    )  # fmt: skip
-    assert made.exit_code == 0, made.output
-    trained = runner.invoke(
-        app,
-        ["train", "--shards", str(root / "shards"), "--no-distill", "--out", str(root / "run"),
-         "--preset", "test", "--batch-size", str(WORDS), "--max-steps", "300", "--lr", "0.03",
-         "--no-augment", "--workers", "0", "--seed", "0"],
-    )  # fmt: skip
-    assert trained.exit_code == 0, trained.output[-2000:]
-    images = root / "images"
-    return root / "run" / "student.safetensors", images, as_image_files(root / "lmdb", images)
+def trained(overfit_run) -> tuple[Path, Path, list[str]]:
+    """A `test`-preset student that reads its 16 training words (conftest's `overfit_run`,
+    trained once per session and shared with the trainer tests), and the words as image files."""
+    return overfit_run.student, overfit_run.images, overfit_run.labels
 
 
 def as_image_files(lmdb: Path, images: Path) -> list[str]:
@@ -54,7 +39,7 @@ def test_a_trained_student_reads_its_training_words_back(trained) -> None:
     readings = [json.loads(line) for line in result.stdout.splitlines()]
     assert [Path(r["path"]).name for r in readings] == sorted(p.name for p in images.iterdir())
     correct = sum(r["text"] == label for r, label in zip(readings, labels, strict=True))
-    assert correct >= 0.6 * len(labels), readings
+    assert correct >= 0.9 * len(labels), readings  # it reads all 16 (overfit_run)
     assert all(0.0 <= r["confidence"] <= 1.0 for r in readings)
 
 

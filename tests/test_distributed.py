@@ -1,9 +1,10 @@
-"""The distributed paths end to end, as real processes on loopback: `torchrun` DDP training on
-CPU (gloo) with an exact `--resume`, and `cache-teacher --scheduler` against a separately started
-dask cluster that loses a worker (SIGKILL) mid-run.
+"""The distributed training path end to end, as real processes on loopback: `torchrun` DDP
+training on CPU (gloo) with an exact `--resume`.
 
-Both spawn several Python processes (a few seconds each to import torch), so they are the
-slowest tests here; every process is bounded by a timeout and killed in a `finally`.
+It spawns several Python processes (a few seconds each to import torch), so it is among the
+slowest tests; every process is bounded by a timeout and killed on expiry. (`cache-teacher
+--scheduler` against a separately started dask cluster that loses a worker mid-run is a case of
+`bench/faults.py` now; `tests/test_cluster.py` runs the `--scheduler` path in-process.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,6 @@ from conftest import WORDS, fake_store, make_shards
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-TEACHER_DIR = REPO / "clipocr" / "assets" / "teacher"
 
 needs_gloo = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -103,87 +102,3 @@ def test_ddp_training_resumes_bit_identically(tmp_path: Path) -> None:
     assert not differ, f"resumed DDP run differs in {differ[:5]}"
     steps = [line for line in (cut / "history.jsonl").read_text().splitlines() if line]
     assert len(steps) == len((full / "history.jsonl").read_text().split())
-
-
-# -- cache-teacher against an external dask cluster -----------------------------------------------
-
-
-def _spawn(args: list[object], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(a) for a in args], cwd=REPO, env=_env(), start_new_session=True,
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-
-
-def _wait_for_workers(address: str, n: int, timeout: float) -> None:
-    from distributed import Client
-
-    with Client(address, timeout=timeout) as client:
-        client.wait_for_workers(n, timeout=timeout)
-
-
-def _writing_worker(store: Path, worker_pids: set[int]) -> int | None:
-    """The pid of a worker that has an unpublished group open in `store` right now."""
-    from clipocr.pipeline.teacher_store.location import Location
-    from clipocr.pipeline.teacher_store.ownership import read_owner
-
-    loc = Location(store)
-    for tmp in store.glob(".tmp-*"):
-        owner = read_owner(loc, tmp.name)
-        if owner is not None and owner.pid in worker_pids:
-            return owner.pid
-    return None
-
-
-def test_cache_teacher_on_an_external_cluster_survives_a_killed_worker(tmp_path: Path) -> None:
-    """A `dask scheduler` + two `dask worker --no-nanny` on 127.0.0.1; one worker is SIGKILLed
-    while it writes a shard group; the run still caches every shard (the scheduler moves the
-    task to the other worker, whose writer removes the dead one's temporary group) and
-    `--verify --shards` passes."""
-    pytest.importorskip("distributed")
-    shards = make_shards(tmp_path, [f"{w}{i}" for i in range(6) for w in WORDS], shard_size=16)
-    store = tmp_path / "store"
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask_cli = [sys.executable, "-m", "dask"]
-    procs: list[subprocess.Popen] = []
-    try:
-        procs.append(_spawn([*dask_cli, "scheduler", "--host", "127.0.0.1", "--port", port,
-                             "--no-dashboard"], tmp_path / "scheduler.log"))  # fmt: skip
-        for i in range(2):
-            procs.append(_spawn([*dask_cli, "worker", address, "--no-nanny", "--nthreads", 1,
-                                 "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"],
-                                tmp_path / f"worker{i}.log"))  # fmt: skip
-        _wait_for_workers(address, 2, timeout=60)
-        workers = {p.pid for p in procs[1:]}
-        driver = _spawn([sys.executable, "-m", "clipocr", "cache-teacher", "--shards", shards,
-                         "--out", store, "--clip-model", TEACHER_DIR / "teacher.json",
-                         "--clip-pretrained", TEACHER_DIR / "teacher.safetensors",
-                         "--scheduler", address, "--device", "cpu", "--workers", 0,
-                         "--batch-size", 2], tmp_path / "driver.log")  # fmt: skip
-        procs.append(driver)
-        deadline = time.monotonic() + 90
-        victim = None
-        while victim is None and driver.poll() is None and time.monotonic() < deadline:
-            victim = _writing_worker(store, workers)
-            time.sleep(0.02)
-        assert victim is not None, "no worker was seen writing a group before the run ended"
-        os.kill(victim, signal.SIGKILL)
-        # Reap it, as a shell or a nanny would: an unreaped (zombie) pid still looks alive.
-        next(p for p in procs if p.pid == victim).wait(timeout=10)
-        try:
-            driver.wait(timeout=max(deadline - time.monotonic(), 1))
-        except subprocess.TimeoutExpired:
-            pytest.fail("cache-teacher did not finish after losing a worker (hang?)")
-        log = (tmp_path / "driver.log").read_text()
-        assert driver.returncode == 0, log[-4000:]
-        assert "cached 96 samples from 6 shard(s)" in log, log[-2000:]
-        verify = _run([sys.executable, "-m", "clipocr", "cache-teacher", "--verify", store,
-                       "--shards", shards], timeout=60)  # fmt: skip
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        assert not list(store.glob(".tmp-*")), "a temporary group was left behind"
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

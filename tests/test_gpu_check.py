@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import gpu_check  # noqa: E402
 
+# The tests share one quick run (its module fixture): keep them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("gpu_check")
+
 EXPECTED = {
     "cache.json": ["machine", "setup", "forward_only", "end_to_end", "ratio", "tar_read",
                    "decode", "writer_only", "kb_per_sample", "mjst_hours"],

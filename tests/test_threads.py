@@ -74,3 +74,22 @@ def test_the_choice_is_logged(cores, caplog: pytest.LogCaptureFixture) -> None:
     assert "4 usable core(s): 3 intra-op thread(s), 1 DataLoader worker(s) (automatic)" in (
         caplog.text
     )
+
+
+def test_a_container_quota_caps_the_usable_cores(tmp_path) -> None:
+    """cgroup v2 `cpu.max` "200000 100000" = 2 cores, whatever the affinity mask says; v1 too;
+    no quota ("max") leaves the mask."""
+    from clipocr.pipeline.threads import _cgroup_quota
+
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    assert _cgroup_quota(str(tmp_path)) == 2
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_quota(str(tmp_path)) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(str(tmp_path)) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_quota(str(v1)) == 3
+    assert _cgroup_quota(str(tmp_path / "absent")) is None

@@ -22,6 +22,15 @@ from clipocr.train_student.run_dir import checkpoint_dirs
 from clipocr.train_student.trainer import Trainer
 
 
+@pytest.fixture(autouse=True)
+def no_curves_png(monkeypatch) -> None:
+    """Every `Trainer.run` ends by drawing curves.png with matplotlib, ≈ a third of a short
+    run's time; the runs here skip it (`test_cli_trains_without_open_clip` draws it for real)."""
+    from clipocr.train_student import curves
+
+    monkeypatch.setattr(curves, "plot_curves", lambda history, out: out)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("train")
@@ -43,17 +52,14 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
 
-def test_overfits_sixteen_words(data, tmp_path: Path) -> None:
-    """The model, the loss terms and the optimiser together can learn: 16 words to 100 %."""
-    cfg = _cfg(data, tmp_path / "run", batch_size=16, lr=0.1, max_steps=150, augment=False,
-               shuffle_buffer=1, warmup_pct=0.1, log_every=10)  # fmt: skip
-    trainer = Trainer(cfg)
-    trainer.run()
-    items = list(ShardReader(data[0]))
-    trainer.student.eval()
-    preds = [t for t, _ in trainer.student.read(normalize(torch.stack([i for _, i, _ in items])))]
+def test_overfits_sixteen_words(overfit_run) -> None:
+    """The model, the loss terms and the optimiser together can learn: 16 words to 100 %
+    (the session's shared run: conftest's `overfit_run`, 150 distilled steps at lr 0.1)."""
+    items = list(ShardReader(overfit_run.shards))
+    student = load_student(overfit_run.student)
+    preds = [t for t, _ in student.read(normalize(torch.stack([i for _, i, _ in items])))]
     assert preds == [label for _, _, label in items]
-    history = _history(tmp_path / "run")
+    history = _history(overfit_run.run)
     assert {"ce", "aam_img1", "aam_txt3", "gam", "loss"} <= history[0].keys()
     assert history[-1]["ce"] < 0.2 * history[0]["ce"]
 

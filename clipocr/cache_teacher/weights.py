@@ -248,15 +248,90 @@ def _openai_state_dict(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a checkpoint strictly (safetensors, TorchScript, or torch.load ``weights_only``)."""
+    """Load a checkpoint strictly (safetensors, TorchScript, or torch.load ``weights_only``);
+    a file that cannot be loaded is one line naming it and what is wrong (`_why_not_loaded`)."""
     try:
         if openai_checkpoint(path):
             model.load_state_dict(_openai_state_dict(model, path), strict=True)
         else:
             open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
     except Exception as err:  # corrupt files raise pickle/zip/safetensors/key errors alike
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{path}: cannot load teacher weights ({first})") from None
+        raise InputError(
+            f"{path}: cannot load teacher weights: {_why_not_loaded(model, path, err)}"
+        ) from None
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (torch's and safetensors' span several), cut at
+    `limit` characters."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    text = text or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _why_not_loaded(model: nn.Module, path: Path, err: Exception) -> str:
+    """What is wrong with a weights file that failed to load: unreadable (empty, cut short, not
+    a checkpoint, pickled objects), or weights that do not fit the model (which are missing,
+    unexpected or of another shape, with counts). Only run on failure: it reads the file again.
+    """
+    try:
+        if openai_checkpoint(path):
+            state = _openai_state_dict(model, path)
+        else:
+            state = load_state_dict(str(path), weights_only=True)
+    except Exception as read_err:
+        return _unreadable(path, read_err)
+    return _misfit(model, state) or one_line(err)
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    is_zip = zipfile.is_zipfile(path)
+    if head.startswith(b"PK\x03\x04") and not is_zip:
+        return f"a torch checkpoint cut short ({size} bytes, no zip directory at its end)"
+    if "SafetensorError" in type(err).__name__ or path.suffix == ".safetensors":
+        return f"not a readable safetensors file, or one cut short ({size} bytes: {one_line(err)})"
+    if "weights only load failed" in str(err).lower():
+        if is_zip or head[:1] == b"\x80":  # a torch zip archive, or a (legacy) pickle
+            return (
+                "it pickles Python objects besides tensors, which are not loaded (torch.load "
+                "weights_only): save the model's state_dict() instead"
+            )
+        return "neither a safetensors file nor a torch checkpoint"
+    return one_line(err)
+
+
+def _misfit(model: nn.Module, state: object) -> str | None:
+    """Which weights of `state` do not fit `model`: counts and the first few names."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict of weights"
+    expected = model.state_dict()
+    state = {str(k): v for k, v in state.items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: {list(state[k].shape)} in the file, {list(v.shape)} in the model"
+        for k, v in expected.items()
+        if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape
+    ]
+
+    def part(items: list[str], what: str) -> str | None:
+        if not items:
+            return None
+        more = ", …" if len(items) > 3 else ""
+        return f"{len(items)} {what} ({', '.join(items[:3])}{more})"
+
+    parts = [
+        part(missing, f"of the model's {len(expected)} weights missing"),
+        part(unexpected, "unexpected"),
+        part(shapes, "of another shape"),
+    ]
+    found = [p for p in parts if p]
+    return f"the weights do not fit the model: {'; '.join(found)}" if found else None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -16,6 +16,7 @@ left alone: its CPU threads only feed the device.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -41,11 +42,38 @@ class ThreadPlan:
         )
 
 
+def _cgroup_quota(root: str = "/sys/fs/cgroup") -> int | None:
+    """Whole cores a container's CPU quota allows (cgroup v2 `cpu.max`, v1 `cpu.cfs_*`), or None
+    when there is no quota. A `--cpus 2` container on a large host sees every host core in its
+    affinity mask; sizing threads by that mask oversubscribes its two cores many times over."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+                quota = f.read().strip()
+            with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
+    """Cores this process may run on: its affinity mask where the OS has one, capped by a
+    container's CPU quota."""
     if hasattr(os, "sched_getaffinity"):
-        return max(len(os.sched_getaffinity(0)), 1)
-    return os.cpu_count() or 1
+        cores = max(len(os.sched_getaffinity(0)), 1)
+    else:
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return cores if quota is None else min(cores, quota)
 
 
 def default_workers(cores: int) -> int:
