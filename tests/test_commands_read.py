@@ -67,8 +67,9 @@ def test_a_folder_without_images_is_one_clear_error(trained, tmp_path) -> None:
 
 
 def test_without_a_checkpoint_the_bundled_student_reads_unseen_rendered_words(tmp_path) -> None:
-    """The shipped student (assets/student/STUDENT.md: 84 % of 500 unseen clean words) must
-    read most of a few dozen clean words rendered with a seed it never trained on."""
+    """The shipped student (assets/student/STUDENT.md: 74 % of 500 unseen clean words of the
+    issue-20 renderer) must read most of a few dozen clean words rendered with a seed it never
+    trained on (an untrained student reads none)."""
     from clipocr.pipeline.charset import Charset
     from clipocr.pipeline.synth import render_lmdb
 
@@ -82,7 +83,7 @@ def test_without_a_checkpoint_the_bundled_student_reads_unseen_rendered_words(tm
     readings = [json.loads(line) for line in result.stdout.splitlines()]
     # charset 36 reads lower case (PARSeq's protocol lower-cases the labels too)
     correct = sum(r["text"] == label.lower() for r, label in zip(readings, labels, strict=True))
-    assert correct >= 0.7 * len(labels), readings
+    assert correct >= 0.55 * len(labels), readings
 
 
 def test_a_checkpoint_without_images_is_one_clear_error(trained) -> None:
