@@ -5,7 +5,13 @@ clock and by CPU time of this process (the fair figure on a shared machine), the
 encode time per image of JPEG q90 against PNG on the same images. Font discovery is timed apart:
 it is paid once per process (cached).
 
+`--before REV` also measures the renderer as it was at git revision REV (its `clipocr` tree is
+exported to a temporary folder and timed in a subprocess, alternating with the current tree's,
+`--rounds` times each; the best round of each is kept), so old and new are compared in one run
+under the same load:
+
     .venv/bin/python bench/bench_synth.py --num 3000
+    .venv/bin/python bench/bench_synth.py --num 2000 --before c44d6a1   # old vs new renderer
     .venv/bin/python bench/bench_synth.py --num 60 --sheets /tmp   # also draw PNGs to look at
 
 `--sheets DIR` writes ``fonts_<charset>.png`` (every kept face, the check by eye that fonts.py
@@ -16,6 +22,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,13 +80,70 @@ def sample_sheet(renderer: WordRenderer, n: int, path: Path) -> None:
     sheet.save(path)
 
 
+WARMUP = 400  # samples rendered before timing
+
+
+def throughput(num: int, charset: Charset, style: str) -> dict[str, float]:
+    """images/s of a whole `render_lmdb` job, by wall clock and per CPU-second of this process,
+    after a warm-up (font discovery, photo loading and most glyph caches are paid once)."""
+    warm = WordRenderer(charset, style, seed=12345)
+    for i in range(WARMUP):
+        warm.sample(i)
+    with tempfile.TemporaryDirectory() as tmp:
+        cpu = time.process_time()
+        meta = render_lmdb(Path(tmp) / "db", num, 0, charset, style, progress=False)
+        cpu = time.process_time() - cpu
+    return {"wall": meta.images_per_s, "cpu": num / cpu}
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Old (git `args.before`) and current renderer, alternating, in subprocesses alike."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as old_tree:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", args.before, "clipocr"],
+            check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", old_tree], input=archive, check=True)
+        best: dict[tuple[str, str], dict[str, float]] = {}
+        for _ in range(args.rounds):
+            for name, tree in (("before", old_tree), ("now", str(root))):
+                env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": "1"}
+                cmd = [sys.executable, __file__, "--num", str(args.num), "--charset",
+                       args.charset, "--styles", *args.styles, "--json"]  # fmt: skip
+                out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+                for style, rate in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                    prev = best.get((name, style))
+                    if prev is None or rate["cpu"] > prev["cpu"]:
+                        best[(name, style)] = rate
+    print(f"renderer before ({args.before}) vs now, {args.num} images per style, best of "
+          f"{args.rounds} alternating rounds, images/s per CPU-second (wall):")  # fmt: skip
+    for style in args.styles:
+        b, n = best[("before", style)], best[("now", style)]
+        print(
+            f"[{style}] before {b['cpu']:.0f} ({b['wall']:.0f}), now {n['cpu']:.0f} "
+            f"({n['wall']:.0f}): {n['cpu'] / b['cpu']:.2f}x"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num", type=int, default=3000, help="images per style")
     ap.add_argument("--charset", default="36")
     ap.add_argument("--styles", nargs="+", default=sorted(STYLES))
     ap.add_argument("--sheets", type=Path, help="also write contact sheets (PNG) here")
+    ap.add_argument("--before", help="git revision whose renderer to time beside this one")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds with --before")
+    ap.add_argument("--json", action="store_true", help="print only {style: rates} as JSON")
     args = ap.parse_args()
+    if args.before:
+        compare(args)
+        return
+    if args.json:
+        charset = Charset.from_name(args.charset)
+        rates = {style: throughput(args.num, charset, style) for style in args.styles}
+        print(json.dumps(rates))
+        return
     charset = Charset.from_name(args.charset)
 
     start = time.perf_counter()

@@ -1,6 +1,7 @@
 """`clipocr prepare` as a user runs it: bad input and full disks end in one red line, exit 2."""
 
 import errno
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,10 @@ def test_disk_full(capsys, monkeypatch, db: Path, tmp_path: Path) -> None:
         (b"a.png\tok\na.png\tcaf\xe9\n", "labels.tsv:2: not UTF-8"),
         (b"a.png\tok\n/etc/hostname\thost\n", "labels.tsv:2: path '/etc/hostname' leaves"),
         (b"../a.png\tok\n", "labels.tsv:1: path '../a.png' leaves"),
+        (
+            b"a.png\tpneumatic\na.png\tother\n",
+            "labels.tsv:2: 'a.png' is labelled 'other' here but 'pneumatic' on line 1",
+        ),
     ],
 )
 def test_bad_labels_file(capsys, monkeypatch, tmp_path: Path, labels: bytes, message: str) -> None:
@@ -96,3 +101,57 @@ def test_shard_size_zero(capsys, monkeypatch, db: Path, tmp_path: Path) -> None:
     code, _, err = run(capsys, monkeypatch, "prepare", "--lmdb", db, "--out", tmp_path / "s",
                        "--shard-size", 0)  # fmt: skip
     _one_error_line(code, err, "--shard-size 0: must be at least 1")
+
+
+GERMAN = "0123456789abcdefghijklmnopqrstuvwxyzäöüß"
+
+
+def _labelled(folder: Path, rows: list[tuple[str, str]]) -> Path:
+    folder.mkdir(parents=True)
+    for name, _ in rows:
+        (folder / name).write_bytes(text_image(name))
+    (folder / "labels.tsv").write_text("".join(f"{n}\t{lab}\n" for n, lab in rows + rows[:1]))
+    return folder
+
+
+def test_prepare_with_a_charset_file_keeps_unicode_labels(capsys, monkeypatch, tmp_path: Path):
+    """Issue 21: ``--charset FILE`` (one symbol per line); labels stay NFC Unicode, never folded
+    to ASCII; symbols outside the file are removed as for the ASCII sets. Issue 23: the
+    duplicate row is counted."""
+    charset = tmp_path / "de.txt"
+    charset.write_text("\n".join(GERMAN) + "\n")
+    folder = _labelled(tmp_path / "f", [("0.png", "Größe"), ("1.png", "A\u0308RGER"),
+                                        ("2.png", "café"), ("3.png", "日本")])  # fmt: skip
+    code, out, err = run(capsys, monkeypatch, "prepare", "--folder", folder, "--out",
+                         tmp_path / "s", "--charset", charset)  # fmt: skip
+    assert code == 0, err
+    assert "custom charset of 40 symbols" in out
+    assert "'duplicate_row': 1" in out and "'label_empty': 1" in out
+    labels = [sample["txt"].decode() for sample in wds.WebDataset(
+        str(tmp_path / "s" / "shard-000000.tar"), shardshuffle=False)]  # fmt: skip
+    assert labels == ["größe", "ärger", "caf"]
+    assert json.loads((tmp_path / "s" / "shards.json").read_text())["charset"] == GERMAN
+
+
+def test_bad_charset_is_one_line(capsys, monkeypatch, db: Path, tmp_path: Path) -> None:
+    code, _, err = run(capsys, monkeypatch, "prepare", "--lmdb", db, "--out", tmp_path / "s",
+                       "--charset", tmp_path / "missing.txt")  # fmt: skip
+    _one_error_line(code, err, "missing.txt: no such charset file")
+
+
+def test_lmdb_command(capsys, monkeypatch, tmp_path: Path) -> None:
+    folder = _labelled(tmp_path / "f", [("0.png", "Größe"), ("1.png", "x")])
+    code, out, err = run(capsys, monkeypatch, "lmdb", folder, tmp_path / "db")
+    assert code == 0, err
+    assert out == f"wrote 2 samples to {tmp_path / 'db'}; left out: 1 duplicate_row\n"
+    code, _, err = run(capsys, monkeypatch, "lmdb", folder, tmp_path / "db")
+    _one_error_line(code, err, "db: already exists")
+    code, _, err = run(capsys, monkeypatch, "lmdb", tmp_path, tmp_path / "db2")
+    _one_error_line(code, err, "no labels.tsv")
+
+
+def test_synth_refuses_an_alphabet_no_font_covers(capsys, monkeypatch, tmp_path: Path) -> None:
+    code, _, err = run(capsys, monkeypatch, "synth", "--out", tmp_path / "db", "--num", 2,
+                       "--charset", "abcdefgh\U0010fffd")  # fmt: skip
+    _one_error_line(code, err, "no installed font covers all", "--fonts DIR")
+    assert not (tmp_path / "db").exists()

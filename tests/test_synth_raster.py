@@ -67,3 +67,8 @@ def test_palette_is_fixed_and_contrast_is_kept():
     for background in (0.0, 60.0, 127.0, 200.0, 255.0):
         # 120 levels leave few palette colours near mid-grey: black or white are the fallback.
         assert abs(luma_of(contrasting_color(background, 120.0, rng)) - background) >= 120.0
+
+
+def test_has_tells_a_real_glyph_from_the_notdef_box(glyphs):
+    assert glyphs.has("a") and glyphs.has("$") and glyphs.has("%")
+    assert not glyphs.has("\u4e00")  # a CJK ideograph: DejaVu Sans has none

@@ -38,3 +38,23 @@ def test_families_are_sampled_before_faces():
 def test_unknown_style_is_an_input_error():
     with pytest.raises(InputError, match="clean"):
         WordRenderer(CS36, "fancy")
+
+
+def test_labels_are_the_drawn_text_less_what_the_charset_drops():
+    renderer = WordRenderer(CS36, "clean", seed=4)
+    for i in range(40):
+        img, label = renderer.sample(i)
+        text = renderer.words.sample(renderer.rng(i))
+        assert label == renderer.words.label(text) and CS36.prepare(label) == label.lower()
+        assert img.mode == "RGB" and img.width >= 8
+
+
+def test_a_backgrounds_folder_joins_the_photo_bank(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (100, 80), (200, 10, 10)).save(tmp_path / "red.jpg")
+    base = WordRenderer(CS36, seed=0)
+    more = WordRenderer(CS36, seed=0, backgrounds_dir=tmp_path)
+    assert len(more.photos) == len(base.photos) + 1
+    with pytest.raises(InputError, match="backgrounds"):
+        WordRenderer(CS36, seed=0, backgrounds_dir=tmp_path / "nope")

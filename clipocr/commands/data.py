@@ -16,10 +16,18 @@ def synth(
     seed: SeedOption = 0,
     charset: CharsetOption = "36",
     style: Annotated[
-        str, typer.Option(help="'clean' (MJSynth-like) or 'hard' (heavier distortion).")
+        str,
+        typer.Option(help="'clean' (IIIT5k-like signs) or 'hard' (IC15-like: blur, distortion)."),
     ] = "clean",
     fonts: Annotated[
         Path | None, typer.Option(help="Extra folder of TTF/OTF faces to render with.")
+    ] = None,
+    backgrounds: Annotated[
+        Path | None,
+        typer.Option(
+            help="Extra folder of photos (PNG/JPEG …) to crop backgrounds from, beside the "
+            "ones installed packages ship."
+        ),
     ] = None,
     shards: Annotated[
         Path | None, typer.Option(help="Also prepare tar shards of the result into this folder.")
@@ -30,11 +38,14 @@ def synth(
     from clipocr.pipeline.shards import prepare_shards
     from clipocr.pipeline.synth import render_lmdb
 
-    cs = Charset.from_name(charset)
-    meta = render_lmdb(out, num=num, seed=seed, charset=cs, style=style, fonts_dir=fonts)
+    cs = Charset.from_spec(charset)
+    meta = render_lmdb(
+        out, num=num, seed=seed, charset=cs, style=style, fonts_dir=fonts,
+        backgrounds_dir=backgrounds,
+    )  # fmt: skip
     typer.echo(
         f"wrote {meta.num_samples} images to {out} "
-        f"({len(meta.fonts)} faces, {meta.images_per_s:.0f} img/s)"
+        f"({len(meta.fonts)} faces covering {cs.describe()}, {meta.images_per_s:.0f} img/s)"
     )
     if shards is not None:
         index = prepare_shards([out], shards, cs)
@@ -55,16 +66,16 @@ def prepare(
 ) -> None:
     """Convert LMDBs / labelled image folders into WebDataset tar shards (resumable).
 
-    Labels are prepared as PARSeq does (DESIGN §3); rejected labels and unreadable images are
-    counted by reason in shards.json. Rerunning after an interruption keeps finished shards.
+    Labels are prepared as PARSeq does (DESIGN §3); rejected labels, unreadable images and
+    duplicate labels.tsv rows are counted by reason in shards.json (a file listed twice with two
+    labels is refused). Rerunning after an interruption keeps finished shards.
     """
     from clipocr.pipeline.charset import Charset
     from clipocr.pipeline.shards import prepare_shards
 
-    index = prepare_shards(
-        [*(lmdb or []), *(folder or [])], out, Charset.from_name(charset), shard_size
-    )
+    cs = Charset.from_spec(charset)
+    index = prepare_shards([*(lmdb or []), *(folder or [])], out, cs, shard_size)
     typer.echo(
-        f"prepared {index.num_samples} samples into {len(index.shards)} shards at {out}; "
-        f"skipped: {index.skipped or 'none'}"
+        f"prepared {index.num_samples} samples into {len(index.shards)} shards at {out} "
+        f"({cs.describe()}); skipped: {index.skipped or 'none'}"
     )

@@ -1,10 +1,15 @@
-"""Synthetic word images in the MJSynth manner (DESIGN §3 "Synthetic data").
+"""Synthetic word images after MJSynth and SynthTIGER (DESIGN §3 "Synthetic data").
 
-Owns everything `clipocr synth` needs to turn a seed into labelled word crops, so that tests, the
-demo and benchmarks get realistic-looking data at hundreds of images per second on one core:
+Owns everything `clipocr synth` needs to turn a seed into labelled word crops that transfer to
+real ones, at hundreds of images per second on one core:
 
 - `fonts`: the faces pip packages ship, filtered to those that draw readable words;
-- `lexicon`: the words drawn (wordfreq's English list, random strings, numbers);
+- `lexicon`, `signs`: the strings drawn (wordfreq's English list in sign-like case, prices, phone
+  numbers, codes, addresses, brand-like names, random strings);
+- `colours`: text/background colour pairs measured on real crops (``assets/synth``);
+- `backgrounds`: photo crops from installed packages or ``--backgrounds DIR``, textures;
+- `geometry`: projective, curved and elastic distortion in one resampling;
+- `effects`: light, fade, blur, motion blur, low resolution, noise, JPEG;
 - `styles`: the parameter ranges of the ``clean`` and ``hard`` styles;
 - `raster`: cached glyphs, palette, noise and warp primitives the renderer reuses;
 - `renderer`: `WordRenderer`, one image per ``(seed, index)``, byte-identical for a seed;

@@ -39,9 +39,10 @@ def iter_samples(
     style: str = "clean",
     fonts_dir: Path | None = None,
     start: int = 0,
+    backgrounds_dir: Path | None = None,
 ) -> Iterator[tuple[bytes, str]]:
     """Yield ``(JPEG bytes, label)`` for samples ``start .. start+num-1`` of dataset `seed`."""
-    renderer = WordRenderer(charset, style, fonts_dir, seed)
+    renderer = WordRenderer(charset, style, fonts_dir, seed, backgrounds_dir=backgrounds_dir)
     for index in range(start, start + num):
         img, label = renderer.sample(index)
         yield encode_jpeg(img), label
@@ -58,6 +59,8 @@ class RenderResult:
     fonts: list[str]  # face names used, sorted
     fonts_dir: str | None
     font_families: int
+    backgrounds: int  # photos the backgrounds were cropped from (package ones + the user's)
+    backgrounds_dir: str | None
     lexicon: str
     image_format: str
     images_per_s: float
@@ -75,17 +78,18 @@ def render_lmdb(
     style: str = "clean",
     fonts_dir: Path | None = None,
     progress: bool = True,
+    backgrounds_dir: Path | None = None,
 ) -> RenderResult:
     """Render `num` word images into a new STR LMDB at `out` plus ``out/synth.json``.
 
     The LMDB appears only when complete (`LmdbWriter`); the result is what synth.json holds:
-    counts, seed, style, charset, face files used, lexicon, speed.
+    counts, seed, style, charset, face files used, background photos, lexicon, speed.
     """
     out = Path(out)
     if num < 1:
         raise InputError(f"--num must be at least 1, got {num}")
     with LmdbWriter(out) as writer:
-        renderer = WordRenderer(charset, style, fonts_dir, seed)
+        renderer = WordRenderer(charset, style, fonts_dir, seed, backgrounds_dir=backgrounds_dir)
         start = time.perf_counter()
         # closed on the way out, so an error starts a line of its own
         with tqdm(total=num, disable=not progress, unit="img", desc="synth") as bar:
@@ -102,6 +106,8 @@ def render_lmdb(
             fonts=[face.name for face in renderer.faces],
             fonts_dir=None if fonts_dir is None else str(fonts_dir),
             font_families=len(renderer.families),
+            backgrounds=len(renderer.photos),
+            backgrounds_dir=None if backgrounds_dir is None else str(backgrounds_dir),
             lexicon=renderer.words.description,
             image_format=f"JPEG q{JPEG_QUALITY} RGB, height %d-%d px" % STYLES[style].height,
             images_per_s=num / seconds,

@@ -294,7 +294,16 @@ def discover_faces(chars: str, fonts_dir: Path | None = None) -> tuple[Face, ...
     """
     needed = {ord(c) for c in required_symbols(chars)}
     cased = any(c.isupper() for c in chars)
-    found = _select([c for d in package_font_dirs() for c in _scan_folder(d)], needed, cased)
+    installed = [c for d in package_font_dirs() for c in _scan_folder(d)]
+    found = _select(installed, needed, cased)
+    if not found and fonts_dir is None:
+        # A custom alphabet no installed face covers: say which symbols none of them has.
+        uncovered = needed - set().union(*(c.covers for c in installed))
+        raise InputError(
+            f"no installed font covers all {len(needed)} symbols to render"
+            + (f" (none has {''.join(map(chr, sorted(uncovered)))[:40]!r})" if uncovered else "")
+            + "; add faces that do with --fonts DIR"
+        )
     if fonts_dir is not None:
         if not fonts_dir.is_dir():
             raise InputError(f"{fonts_dir}: no such fonts folder")

@@ -22,6 +22,7 @@ NOISE_BANK_SIZE = 1 << 20  # > the largest image (64 px x 25 chars) by far
 # Every face renders at one size, so its glyph bitmaps are cached once (see `Glyphs`); the
 # renderer's warp then scales words to the output height.
 RENDER_PX = 48
+NOT_A_GLYPH = "\U0010fffd"  # private use: no face maps it, so every face draws its .notdef
 
 
 class Glyphs:
@@ -36,6 +37,8 @@ class Glyphs:
     def __init__(self, font: ImageFont.FreeTypeFont) -> None:
         self.font = font
         self._cache: dict[str, tuple[Image.Image | None, int, int, float]] = {}
+        self._notdef: tuple[tuple[int, int], bytes] | None = None  # None: it draws nothing
+        self._notdef_known = False
 
     def _glyph(self, ch: str) -> tuple[Image.Image | None, int, int, float]:
         """(ink mask or None, x offset, y offset from the ascender line, advance)."""
@@ -49,15 +52,29 @@ class Glyphs:
             hit = self._cache[ch] = (mask, left, top, self.font.getlength(ch))
         return hit
 
-    def draw(self, text: str, pad: int) -> Image.Image:
-        """`text` as an "L" ink mask cropped to its ink, plus `pad` px on every side."""
+    def has(self, ch: str) -> bool:
+        """Whether the face draws `ch` with a glyph of its own, not the .notdef box it draws
+        for code points it lacks (compared with the glyph of a private-use code point).
+
+        Cheaper than reading the face's character map with fontTools (tens of ms a face), and
+        cached with the glyph."""
+        if not self._notdef_known:
+            mask, *_ = self._glyph(NOT_A_GLYPH)
+            self._notdef = None if mask is None else (mask.size, mask.tobytes())
+            self._notdef_known = True
+        mask, *_ = self._glyph(ch)
+        return mask is not None and (mask.size, mask.tobytes()) != self._notdef
+
+    def draw(self, text: str, pad: int, spacing: float = 0.0) -> Image.Image:
+        """`text` as an "L" ink mask cropped to its ink, plus `pad` px on every side; `spacing`
+        px are added after every glyph's advance (letter spacing; negative: tighter)."""
         placed = []
         pen = 0.0
         for ch in text:
             mask, left, top, advance = self._glyph(ch)
             if mask is not None:
                 placed.append((mask, round(pen) + left, top))
-            pen += advance
+            pen += advance + spacing
         if not placed:
             return Image.new("L", (2 * pad + 1, 2 * pad + 1), 0)
         x0 = min(x for _, x, _ in placed)
