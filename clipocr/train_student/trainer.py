@@ -280,6 +280,11 @@ class Trainer:
             raise RunInterrupted(
                 f"{self.run_dir}: {why}; finished checkpoints are kept: rerun with --resume"
             ) from None
+        except ConnectionError as err:  # a worker killed while handing over a batch's memory
+            raise RunInterrupted(
+                f"{self.run_dir}: DataLoader worker lost while handing over a batch "
+                f"({err.strerror or err}); finished checkpoints are kept: rerun with --resume"
+            ) from None
         except OSError as err:
             if err.errno not in DISK_FULL:
                 raise
