@@ -11,7 +11,6 @@ loaded once per process, shrunk to `MAX_SIDE`, and cropped per sample at a rando
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from clipocr.pipeline.errors import InputError
+from clipocr.pipeline.synth.fonts import package_dirs
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,7 @@ MAX_SIDE = 512  # larger ones are shrunk once: a word's crop never needs more de
 
 def package_image_dirs() -> list[Path]:
     """Folders of sample images inside installed packages (absent packages are skipped)."""
-    dirs = []
-    for name, sub in PACKAGE_IMAGE_DIRS:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        folder = Path(next(iter(spec.submodule_search_locations))) / sub
-        if folder.is_dir():
-            dirs.append(folder)
-    return dirs
+    return package_dirs(list(PACKAGE_IMAGE_DIRS))
 
 
 def _load(path: Path) -> Image.Image | None:

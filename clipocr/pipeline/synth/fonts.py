@@ -113,11 +113,12 @@ def required_symbols(chars: str) -> str:
     return "".join(sorted(set(chars) | set(chars.swapcase())))
 
 
-def package_font_dirs() -> list[Path]:
-    """Folders of faces inside installed pip packages, located without importing the packages."""
-    names = [(m.name, "") for m in pkgutil.iter_modules() if m.name.startswith("font_")]
+def package_dirs(places: list[tuple[str, str]]) -> list[Path]:
+    """The folders `(package, subfolder)` inside installed packages, located without importing
+    them; packages or folders that are absent are skipped (faces and background photos both
+    come from what pip installed)."""
     dirs = []
-    for name, sub in sorted(names) + list(PACKAGE_FONT_DIRS):
+    for name, sub in places:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             continue
@@ -125,6 +126,12 @@ def package_font_dirs() -> list[Path]:
         if folder.is_dir():
             dirs.append(folder)
     return dirs
+
+
+def package_font_dirs() -> list[Path]:
+    """Folders of faces inside installed pip packages, located without importing the packages."""
+    names = [(m.name, "") for m in pkgutil.iter_modules() if m.name.startswith("font_")]
+    return package_dirs(sorted(names) + list(PACKAGE_FONT_DIRS))
 
 
 def _font_files(folder: Path) -> list[Path]:
