@@ -12,10 +12,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 
 SKIP = {"step", "lr", "grad_norm", "samples_per_s"}
+# Validation accuracies (right panel), by the head that read: the decoder (AR) and the CTC head.
+VAL_PREFIXES = {"val_acc/": "", "val_ctc_acc/": "ctc "}
+
+
+def _val_label(key: str) -> str | None:
+    """The right panel's legend for a validation key, or None for a loss term (left panel)."""
+    for prefix, head in VAL_PREFIXES.items():
+        if key.startswith(prefix):
+            return head + key.removeprefix(prefix)
+    return None
 
 
 def plot_curves(history: Path, out: Path) -> Path:
-    """Left: every logged loss term (log scale); right: validation accuracy per set."""
+    """Left: every logged loss term (log scale); right: validation accuracy per set and head."""
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for line in Path(history).read_text().splitlines():
         record = json.loads(line)
@@ -24,11 +34,12 @@ def plot_curves(history: Path, out: Path) -> Path:
                 series[key].append((record["step"], value))
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
     for key, points in sorted(series.items()):
-        ax = ax_val if key.startswith("val_acc/") else ax_loss
+        label = _val_label(key)
         steps, values = zip(*points)
-        ax.plot(
-            steps, values, label=key.removeprefix("val_acc/"), marker="." if ax is ax_val else None
-        )
+        if label is None:
+            ax_loss.plot(steps, values, label=key)
+        else:
+            ax_val.plot(steps, values, label=label, marker=".", ls="--" if "ctc" in key else "-")
     ax_loss.set(title="training loss terms", xlabel="step", yscale="log")
     ax_val.set(title="validation word accuracy (%)", xlabel="step")
     for ax in (ax_loss, ax_val):
