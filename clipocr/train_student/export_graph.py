@@ -62,26 +62,14 @@ class GreedyGraph(nn.Module):
         x = (x - 0.5) / 0.5  # `pipeline.preprocess.normalize` with the student's mean = std = 0.5
         _, memory = s.encode(x)
         mem_kv = s._memory_kv(memory)
-        b = images.shape[0]
         eos = s.charset.eos_id
-        kind = s.cfg.dec_layer
         # (B, 1) of BOS, built from the input so the batch size stays symbolic in the trace.
         token = torch.zeros_like(images[:, 0, 0, :1], dtype=torch.long) + s.charset.bos_id
         ended = torch.zeros_like(token[:, 0], dtype=torch.bool)
         caches = [GrowingCache() for _ in s.dec_layers]
-        last = len(s.dec_layers) - 1
         ids, probs = [], []
-        for t in range(self.steps):  # the same step as `Student.generate`, without its break
-            content = s._embed(token, t)
-            q = content if kind == "standard" else s._queries(b, t, 1)
-            for i, (layer, cache, kv) in enumerate(zip(s.dec_layers, caches, mem_kv, strict=True)):
-                if kind == "official":
-                    q = layer.step(q, content, t, cache, kv)
-                elif kind == "two_stream":
-                    q, content = layer.step(q, content, t, cache, kv, update_content=i < last)
-                else:
-                    q = layer.step(q, t, cache, kv)
-            p, idx = s.head(s.dec_norm(q[:, 0])).float().softmax(-1).max(-1)
+        for t in range(self.steps):  # `Student.generate`'s step, without its early stop
+            p, idx = s.decode_step(token, t, caches, mem_kv).max(-1)
             idx = torch.where(ended, torch.full_like(idx, eos), idx)
             p = torch.where(ended, torch.ones_like(p), p)
             ids.append(idx)

@@ -234,6 +234,24 @@ class Student(nn.Module):
         return stages
 
     @torch.inference_mode()
+    def decode_step(self, token: Tensor, t: int, caches: list, mem_kv: list) -> Tensor:
+        """One greedy step at position `t`: the previous tokens ``(B, 1)`` → class
+        probabilities ``(B, C)`` (float32), each layer's self-attention cache extended by one.
+
+        Shared by `generate` and the exported graph (`export_graph.GreedyGraph`), so the two
+        cannot drift apart in how each decoder layer kind is stepped."""
+        content = self._embed(token, t)
+        x = content if self.cfg.dec_layer == "standard" else self._queries(token.shape[0], t, 1)
+        last = len(self.dec_layers) - 1
+        for i, (layer, cache, kv) in enumerate(zip(self.dec_layers, caches, mem_kv, strict=True)):
+            if self.official:
+                x = layer.step(x, content, t, cache, kv)
+            elif self.two_stream:
+                x, content = layer.step(x, content, t, cache, kv, update_content=i < last)
+            else:
+                x = layer.step(x, t, cache, kv)
+        return self.head(self.dec_norm(x[:, 0])).float().softmax(-1)
+
     def generate(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Greedy batched decoding with a K/V cache; call `.eval()` first (dropout otherwise).
 
@@ -252,20 +270,8 @@ class Student(nn.Module):
         token = torch.full((b, 1), self.charset.bos_id, dtype=torch.long, device=images.device)
         ended = torch.zeros(b, dtype=torch.bool, device=images.device)
         ids, probs = [], []
-        last = len(self.dec_layers) - 1
         for t in range(steps):
-            content = self._embed(token, t)
-            x = content if self.cfg.dec_layer == "standard" else self._queries(b, t, 1)
-            for i, (layer, cache, kv) in enumerate(
-                zip(self.dec_layers, caches, mem_kv, strict=True)
-            ):
-                if self.official:
-                    x = layer.step(x, content, t, cache, kv)
-                elif self.two_stream:
-                    x, content = layer.step(x, content, t, cache, kv, update_content=i < last)
-                else:
-                    x = layer.step(x, t, cache, kv)
-            p, idx = self.head(self.dec_norm(x[:, 0])).float().softmax(-1).max(-1)
+            p, idx = self.decode_step(token, t, caches, mem_kv).max(-1)
             idx = idx.masked_fill(ended, eos)
             p = p.masked_fill(ended, 1.0)
             ids.append(idx)
