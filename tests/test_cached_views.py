@@ -217,3 +217,47 @@ def test_trainer_refuses_device_augmentation_and_passes_allow_drift(cached, tmp_
     trainer = Trainer(cfg(other, allow_view_drift=True))
     assert trainer.stream.views is not None
     trainer.release()
+
+
+def test_decode_workers_make_the_views_the_in_process_cache_made(cached, tmp_path) -> None:
+    """Views made in the decode pool's worker processes (``--workers 2``) are the pixels the
+    in-process cache (the fixture's ``--workers 0``) fed the teacher, bit for bit, and so are
+    the stores' image taps; and the runner refuses a pool that makes another spec's views."""
+    from clipocr.cache_teacher.decode_pool import DecodePool
+    from clipocr.cache_teacher.decode_views import ViewSpec
+    from clipocr.cache_teacher.runner import cache_shard
+    from clipocr.cache_teacher.teacher import load_teacher
+    from clipocr.pipeline.teacher_store import TeacherStoreWriter
+
+    key_of = {lab: k for p in shard_paths(cached["shards"]) for k, _, lab in iter_shard_raw(p)}
+    calls: list[tuple[list[str], np.ndarray]] = []
+    features = Teacher.features
+
+    def recording(self, images, labels, text=True):
+        calls.append((list(labels), images.numpy().copy()))
+        return features(self, images, labels, text)
+
+    out = tmp_path / "pooled"
+    job = CacheJob(str(cached["shards"]), str(out), cached["teacher"],
+                   RunnerConfig(batch_size=4, workers=2), views=K)  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Teacher, "features", recording)
+        run_cache(job, dask_workers=1, processes=False, progress=False)
+    fed = {(key_of[lab], i % K): px for i, (labs, ims) in enumerate(calls)
+           for lab, px in zip(labs, ims)}  # fmt: skip
+    assert fed.keys() == cached["fed"].keys()
+    for where, pixels in fed.items():
+        np.testing.assert_array_equal(pixels, cached["fed"][where], err_msg=str(where))
+    pooled, inline = TeacherStore(out), TeacherStore(cached["store"])
+    for v in range(K):
+        got = dict(pooled.iter_shard("shard-000001", view=v))
+        for key, feats in inline.iter_shard("shard-000001", view=v):
+            np.testing.assert_array_equal(got[key]["image_s2"], feats["image_s2"])
+    assert ViewSpec.from_record(inline.spec.views) == ViewSpec(K, 0)
+    assert ViewSpec.from_record({}) is None
+    teacher = load_teacher(cached["teacher"])
+    writer = TeacherStoreWriter(tmp_path / "refused", job.spec(teacher))
+    other = DecodePool(0, 4, views=ViewSpec(K, store_seed=1))  # another store's views
+    with pytest.raises(ValueError, match="the store wants"), writer.open_shard("s") as group:
+        cache_shard(teacher, group, shard_paths(cached["shards"])[0],
+                    RunnerConfig(batch_size=4, workers=0), pool=other)  # fmt: skip

@@ -19,10 +19,12 @@ from conftest import WORDS, text_image
 
 from clipocr.cache_teacher import decode_pool as pool_mod
 from clipocr.cache_teacher.decode_pool import DecodePool, LoaderFailed, decode_training
+from clipocr.cache_teacher.decode_views import ViewSpec
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.lmdb_io import LmdbWriter
 from clipocr.pipeline.preprocess import load_uint8
 from clipocr.pipeline.shards import iter_shard_raw, prepare_shards, shard_paths
+from clipocr.pipeline.views import view_batch
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +227,79 @@ def test_workers_leave_when_their_runner_is_killed(shards, tmp_path) -> None:
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pool_views_are_view_batch_of_the_decoded_images(tmp_path, workers) -> None:
+    """A pool given a store's `ViewSpec` brings views 1…K−1 of every decoded image, bit-equal to
+    `view_batch` (the function the trainer replays) of that batch with the spec's seed, magnitude
+    and op count — in worker processes and in-process alike; an undecodable sample gets none."""
+    db = tmp_path / "db"
+    with LmdbWriter(db) as w:
+        for i, word in enumerate(WORDS[:7]):
+            broken = b"\x89PNG\r\n\x1a\nbroken"
+            w.add(broken if i == 2 else text_image(word, fmt="JPEG" if i % 2 else "PNG"), word)
+    prepare_shards([db], tmp_path / "shards", Charset.from_name("36"), progress=False)
+    path = shard_paths(tmp_path / "shards")[0]
+    spec = ViewSpec(count=3, store_seed=11, magnitude=7, num_ops=2)
+    pool = DecodePool(workers, batch_size=4, views=spec)
+    try:
+        batches = list(pool.batches(path))
+    finally:
+        pool.close()
+    assert [b.missing for b in batches] == [["shard-000000/000002"], []]
+    raw = [s for s in iter_shard_raw(path) if s[0] != "shard-000000/000002"]
+    assert same(flatten(batches), [(k, load_uint8(d, draft=True), lab) for k, d, lab in raw])
+    changed = 0
+    for batch in batches:
+        assert batch.views.shape == (2, len(batch.keys), 3, 32, 128)
+        assert batch.views.dtype == torch.uint8
+        for v in (1, 2):
+            want = view_batch(batch.images.numpy(), batch.keys, v, 11, magnitude=7, num_ops=2)
+            np.testing.assert_array_equal(batch.views[v - 1].numpy(), want)
+            changed += int(not np.array_equal(want, batch.images.numpy()))
+    assert changed >= 2  # the views are augmented, not copies of view 0
+    plain = DecodePool(workers, batch_size=4)  # no spec: no views, as before
+    try:
+        assert all(b.views is None for b in plain.batches(path))
+    finally:
+        plain.close()
+
+
+def test_shared_pool_is_keyed_on_the_view_spec(shards) -> None:
+    """A thread's pool reused for a store with another view spec would hand out that store's
+    views: another spec gets another pool, making its own views."""
+    one, two = ViewSpec(2, store_seed=0), ViewSpec(2, store_seed=1)
+    try:
+        first = pool_mod.shared_pool(0, 4, 30.0, False, views=one)
+        assert pool_mod.shared_pool(0, 4, 30.0, False, views=one) is first
+        second = pool_mod.shared_pool(0, 4, 30.0, False, views=two)
+        assert second is not first and second.views == two
+        batch = next(second.batches(shards[0]))
+        want = view_batch(batch.images.numpy(), batch.keys, 1, 1)
+        np.testing.assert_array_equal(batch.views[0].numpy(), want)
+        assert pool_mod.shared_pool(0, 4, 30.0, False).views is None
+    finally:
+        pool_mod.shared_pool(0, 1, 1.0, False)  # closes this thread's pool
+
+
+def test_a_view_that_fails_in_a_worker_fails_the_shard_with_its_reason(shards, monkeypatch):
+    """An error making a view (a bug, not bad data) reaches the runner as one line naming the
+    shard and the error, not as a dead worker; the pool then serves the next shard."""
+    from clipocr.cache_teacher import decode_views
+
+    def broken(image, key, view, *args, **kwargs):
+        if key == "shard-000000/000005":
+            raise ValueError("no view today")
+        return image
+
+    monkeypatch.setattr(decode_views, "view_pixels", broken)  # before the fork: workers see it
+    pool = DecodePool(2, batch_size=2, views=ViewSpec(2, store_seed=0))
+    try:
+        with pytest.raises(RuntimeError, match="shard-000000.tar: a decode worker failed on "
+                           "batch 2: ValueError: no view today"):  # fmt: skip
+            list(pool.batches(shards[0]))
+        assert pool.usable()
+        assert same(flatten(pool.batches(shards[1])), expected(shards[1]))
+    finally:
+        pool.close()

@@ -10,6 +10,11 @@ store's key join needs); the worker decodes them (`decode_uint8`, the student's 
 indices of undecodable samples travel back. The runner copies the slot into a (pinned) tensor
 and reuses it, so at most ``prefetch`` batches per worker are decoded ahead.
 
+For a K-view store the pool is built with the store's `ViewSpec` (`shared_pool(..., views=)`):
+the worker then also makes views 1…K−1 of each decoded image (`decode_views.decode_job`, the
+trainer's `view_pixels`) into the same slot, K times the size, so the runner thread only runs the
+teacher; `DecodedBatch.views` carries them. The in-process mode calls the same `decode_job`.
+
 The safeguards stay: a worker that dies (kill -9, the OOM killer) or sends nothing for
 `timeout` seconds fails the shard with `LoaderFailed` naming it (dask retries the shard), never
 a hang; the pool is then torn down, and the next shard gets a fresh one. Workers leave by
@@ -28,7 +33,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -36,23 +41,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipocr.pipeline.preprocess import IMG_H, IMG_W, decode_uint8
+from clipocr.cache_teacher.decode_views import Decoder, ViewSpec, decode_job, slot_views
+from clipocr.cache_teacher.decode_views import decode_training as decode_training
+from clipocr.pipeline.preprocess import IMG_H, IMG_W
 from clipocr.pipeline.shards import iter_shard_raw
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2  # how often a runner waiting for a batch checks that its worker is alive
 _QUIT = object()  # ends a feeder thread (None, sent on to the worker, ends the worker)
-Decoder = Callable[[bytes, np.ndarray], None]  # encoded bytes → writes (3, 32, 128) uint8
 
 
 class LoaderFailed(RuntimeError):
     """The image-decoding workers of one shard died or stalled (the task fails; dask retries)."""
-
-
-def decode_training(data: bytes, out: np.ndarray) -> None:
-    """The cache's decode: the training-speed ``draft`` path, the pixels the student reads."""
-    decode_uint8(data, draft=True, out=out)
 
 
 @dataclass
@@ -63,6 +64,9 @@ class DecodedBatch:
     images: torch.Tensor | None  # uint8 (len(keys), 3, 32, 128); None when nothing decoded
     labels: list[str]
     missing: list[str]  # keys whose image did not decode (the store records them missing)
+    # views 1…K−1 of `images` for a pool with a `ViewSpec`: uint8 (K−1, len(keys), 3, 32, 128),
+    # views[v − 1] being view v; None without a spec or when nothing decoded
+    views: torch.Tensor | None = None
 
 
 @dataclass
@@ -85,21 +89,11 @@ def _chunks(samples: Iterable[tuple[str, bytes, str]], size: int) -> Iterator[li
         yield chunk
 
 
-def _decode_all(decode: Decoder, datas: list[bytes], slot: np.ndarray) -> list[tuple[int, str]]:
-    """Decode `datas` into `slot`; the (index, reason) of each one that fails."""
-    bad = []
-    for i, data in enumerate(datas):
-        try:
-            decode(data, slot[i])
-        except Exception as err:  # a corrupt or unreadable image: recorded missing
-            bad.append((i, f"{type(err).__name__}: {err}"))
-    return bad
-
-
 def _worker(tasks: Connection, results: Connection, buffer, shape: tuple, decode: Decoder,
-            parent: int) -> None:  # fmt: skip
-    """A decode process: (seq, slot, encoded images) in, (seq, failures) out, until told to stop
-    or its runner is gone."""
+            views: ViewSpec | None, parent: int) -> None:  # fmt: skip
+    """A decode process: (seq, slot, encoded images, keys) in, (seq, failures, error) out, until
+    told to stop or its runner is gone. `error`: a view that could not be made (a bug, not bad
+    data), sent back so the runner fails the shard with it rather than with a dead worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
     slots = np.frombuffer(buffer, dtype=np.uint8).reshape(shape)
     while True:
@@ -113,9 +107,14 @@ def _worker(tasks: Connection, results: Connection, buffer, shape: tuple, decode
             return
         if task is None:
             return
-        seq, slot, datas = task
+        seq, slot, datas, keys = task
+        bad, error = [], None
         try:
-            results.send((seq, _decode_all(decode, datas, slots[slot])))
+            bad = decode_job(decode, views, datas, keys, slots[slot])
+        except Exception as err:
+            error = f"{type(err).__name__}: {err}"
+        try:
+            results.send((seq, bad, error))
         except OSError:
             return  # the runner closed the pool (or is gone)
 
@@ -160,7 +159,8 @@ def _start_method() -> str:
 
 class DecodePool:
     """`workers` decode processes (0: decode in the calling thread) for batches of
-    `batch_size`, kept for every shard passed to `batches`; one shard at a time."""
+    `batch_size`, kept for every shard passed to `batches`; one shard at a time. With `views`,
+    every batch also brings views 1…K−1 of its images (`DecodedBatch.views`)."""
 
     def __init__(
         self,
@@ -171,18 +171,20 @@ class DecodePool:
         pin_memory: bool = False,
         decode: Decoder = decode_training,
         prefetch: int = 2,
+        views: ViewSpec | None = None,
     ) -> None:
         if workers < 0 or batch_size < 1 or prefetch < 1:
             raise ValueError(f"DecodePool({workers=}, {batch_size=}, {prefetch=})")
         self.workers, self.batch_size, self.timeout = workers, batch_size, timeout
-        self.pin_memory, self.decode = pin_memory, decode
+        self.pin_memory, self.decode, self.views = pin_memory, decode, views
         self.broken: str | None = None  # why the pool cannot be used any more
         self._seq = 0
         self._busy = False
         self._procs: list = []
         self._feeds: list[queue.SimpleQueue] = []
         self._results: list[Connection] = []
-        shape = (workers * prefetch if workers else 1, batch_size, 3, IMG_H, IMG_W)
+        slots = workers * prefetch if workers else 1
+        shape = (slots, slot_views(views), batch_size, 3, IMG_H, IMG_W)
         self._free = deque(range(shape[0]))
         if not workers:
             self._slots = np.empty(shape, np.uint8)
@@ -206,7 +208,7 @@ class DecodePool:
         result_recv, result_send = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=_worker,
-            args=(task_recv, result_send, buffer, shape, self.decode, os.getpid()),
+            args=(task_recv, result_send, buffer, shape, self.decode, self.views, os.getpid()),
             name=f"clipocr-decode-{w}",
             daemon=True,
         )
@@ -251,8 +253,9 @@ class DecodePool:
     # -- in-process ------------------------------------------------------------------------------
     def _in_process(self, shard: Path) -> Iterator[DecodedBatch]:
         for chunk in _chunks(iter_shard_raw(shard), self.batch_size):
-            bad = _decode_all(self.decode, [data for _, data, _ in chunk], self._slots[0])
             keys, labels = [k for k, _, _ in chunk], [lab for _, _, lab in chunk]
+            datas = [data for _, data, _ in chunk]
+            bad = decode_job(self.decode, self.views, datas, keys, self._slots[0])
             yield self._batch(_Job(0, 0, 0, keys, labels), bad)
 
     # -- pooled ----------------------------------------------------------------------------------
@@ -274,17 +277,18 @@ class DecodePool:
             [k for k, _, _ in chunk], [lab for _, _, lab in chunk],
         )  # fmt: skip
         self._seq += 1
-        self._feeds[job.worker].put((job.seq, job.slot, [data for _, data, _ in chunk]))
+        self._feeds[job.worker].put((job.seq, job.slot, [data for _, data, _ in chunk], job.keys))
         return job
 
-    def _receive(self, job: _Job, shard: Path) -> list[tuple[int, str]]:
-        """Wait for `job`'s result: at most `timeout` seconds, checking that its worker lives."""
+    def _receive(self, job: _Job, shard: Path) -> tuple[list[tuple[int, str]], str | None]:
+        """Wait for `job`'s result, (failures, error): at most `timeout` seconds, checking that
+        its worker lives."""
         conn, proc = self._results[job.worker], self._procs[job.worker]
         deadline = time.monotonic() + self.timeout
         while True:
             try:
                 if conn.poll(POLL_S):
-                    seq, bad = conn.recv()
+                    seq, bad, error = conn.recv()
                     break
             except (EOFError, OSError):  # the worker's end closed: it is dying
                 proc.join(POLL_S)
@@ -296,11 +300,14 @@ class DecodePool:
                 )
         if seq != job.seq:
             raise self._fail(shard, f"batch {seq} arrived where {job.seq} was due")
-        return bad
+        return bad, error
 
     def _collect(self, job: _Job, shard: Path) -> DecodedBatch:
-        batch = self._batch(job, self._receive(job, shard))
+        bad, error = self._receive(job, shard)
+        batch = self._batch(job, bad) if error is None else None
         self._free.append(job.slot)
+        if batch is None:  # the pool stays usable: the worker lives and the slot is free
+            raise RuntimeError(f"{shard}: a decode worker failed on batch {job.seq}: {error}")
         return batch
 
     def _batch(self, job: _Job, bad: list[tuple[int, str]]) -> DecodedBatch:
@@ -310,20 +317,24 @@ class DecodePool:
         for i, why in bad:
             log.warning("sample %s: undecodable image (%s); recorded as missing", job.keys[i], why)
         good = [i for i in range(len(job.keys)) if i not in failed]
-        images = None
+        images = views = None
         if good:
-            src = torch.from_numpy(self._slots[job.slot, : len(job.keys)])
-            images = torch.empty((len(good), 3, IMG_H, IMG_W), dtype=torch.uint8,
-                                 pin_memory=self.pin_memory)  # fmt: skip
+            # (K, n, 3, 32, 128): view 0 = the decoded images, then views 1…K−1 (K = 1 without)
+            src = torch.from_numpy(self._slots[job.slot, :, : len(job.keys)])
+            out = torch.empty((src.shape[0], len(good), 3, IMG_H, IMG_W), dtype=torch.uint8,
+                              pin_memory=self.pin_memory)  # fmt: skip
             if failed:
-                torch.index_select(src, 0, torch.tensor(good), out=images)
+                torch.index_select(src, 1, torch.tensor(good), out=out)
             else:
-                images.copy_(src)
+                out.copy_(src)
+            images = out[0]
+            views = out[1:] if self.views is not None else None
         return DecodedBatch(
             keys=[job.keys[i] for i in good],
             images=images,
             labels=[job.labels[i] for i in good],
             missing=[job.keys[i] for i in sorted(failed)],
+            views=views,
         )
 
     def _drain(self, pending: deque[_Job], shard: Path) -> None:
@@ -348,10 +359,17 @@ class DecodePool:
 _local = threading.local()
 
 
-def shared_pool(workers: int, batch_size: int, timeout: float, pin_memory: bool) -> DecodePool:
+def shared_pool(
+    workers: int,
+    batch_size: int,
+    timeout: float,
+    pin_memory: bool,
+    views: ViewSpec | None = None,
+) -> DecodePool:
     """This thread's pool, kept from shard to shard (a dask worker thread caches many); replaced
-    when the settings change, after a failure, or when a worker was lost between shards."""
-    settings = (workers, batch_size, timeout, pin_memory)
+    when the settings change (the view spec included: a pool never hands out another store's
+    views), after a failure, or when a worker was lost between shards."""
+    settings = (workers, batch_size, timeout, pin_memory, views)
     pool: DecodePool | None = getattr(_local, "pool", None)
     if pool is not None and (_local.settings != settings or not pool.usable()):
         if pool.broken is None:
@@ -359,6 +377,6 @@ def shared_pool(workers: int, batch_size: int, timeout: float, pin_memory: bool)
         pool.close(polite=pool.usable())
         pool = None
     if pool is None:
-        pool = DecodePool(workers, batch_size, timeout, pin_memory=pin_memory)
+        pool = DecodePool(workers, batch_size, timeout, pin_memory=pin_memory, views=views)
         _local.pool, _local.settings = pool, settings
     return pool

@@ -17,7 +17,12 @@ A K-view store (``cache-teacher --views K``, DESIGN §5): after view 0 (the deco
 image tower runs on views 1…K−1 of the batch, made from the very uint8 pixels view 0 got by
 `pipeline.views.view_pixels` — the function the trainer replays — with the store's seed; only
 the image taps get the view axis (the text taps and embedding depend on the label alone). The
-views are augmented here, in the runner's thread, ≈ 0.5 CPU-ms per image and view at 32×128.
+views are augmented in the decode pool's workers, next to the decode (`decode_views`; ≈ 0.5
+CPU-ms per image and view at 32×128, several times the decode), and arrive with the batch
+(`DecodedBatch.views`): the runner's thread only feeds the teacher. Made in this thread, they
+capped one runner at ≈ 740 samples/s at K = 4 (1.35 CPU-ms per sample around a null teacher; now
+0.06); in the workers they scale with ``--workers``. The pool is keyed on the store's
+`ViewSpec`, so it never hands out the views of another store's spec.
 """
 
 from __future__ import annotations
@@ -35,12 +40,12 @@ import torch
 
 from clipocr.cache_teacher.decode_pool import DecodedBatch, DecodePool, shared_pool
 from clipocr.cache_teacher.decode_pool import LoaderFailed as LoaderFailed
+from clipocr.cache_teacher.decode_views import ViewSpec
 from clipocr.cache_teacher.teacher import ImageTaps, Teacher
 from clipocr.pipeline.errors import InputError
 from clipocr.pipeline.precision import PRECISIONS, autocast
 from clipocr.pipeline.teacher_store import ShardGroupWriter, parse_codec, shard_digest
 from clipocr.pipeline.teacher_store.spec import view_tap
-from clipocr.pipeline.views import view_batch
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +129,14 @@ def _decode_workers(requested: int) -> int:
 def _view_features(
     teacher: Teacher | ImageTaps,
     batch: DecodedBatch,
-    views: dict,
     device: torch.device,
     precision: str,
 ) -> dict[str, torch.Tensor]:
-    """The image taps of views 1…K−1 of `batch` (K = ``views["count"]``), as ``<tap>_v<v>``."""
+    """The image taps of views 1…K−1 of `batch` (made by the decode pool), as ``<tap>_v<v>``."""
     image_only = teacher.teacher if isinstance(teacher, ImageTaps) else teacher
-    aug = views["augment"]
     out = {}
-    for v in range(1, int(views["count"])):
-        pixels = view_batch(batch.images.numpy(), batch.keys, v, int(views["store_seed"]),
-                            magnitude=aug["magnitude"], num_ops=aug["num_ops"])  # fmt: skip
-        images = torch.from_numpy(pixels).to(device, non_blocking=True)
+    for v, pixels in enumerate(batch.views, start=1):
+        images = pixels.to(device, non_blocking=True)
         with autocast(precision, device):
             feats = image_only.features(images, batch.labels, text=False)
         out |= {view_tap(tap, v): x for tap, x in feats.items()}
@@ -153,17 +154,20 @@ def cache_shard(
     """Run `teacher` over one shard into `group` and commit it; returns counts and timing.
 
     `pool`: the decode workers to use; by default this thread's `shared_pool`, kept for the
-    next shard."""
+    next shard. A given pool must make the store's views (`DecodePool.views`)."""
     device = next(teacher.parameters()).device
     tic = time.perf_counter()
+    views = ViewSpec.from_record(group.store.spec.views)  # None unless K ≥ 2 views per sample
     if pool is None:
         pool = shared_pool(_decode_workers(cfg.workers), cfg.batch_size, cfg.loader_timeout,
-                           pin_memory=device.type == "cuda")  # fmt: skip
+                           pin_memory=device.type == "cuda", views=views)  # fmt: skip
+    elif pool.views != views:
+        raise ValueError(f"{shard_path}: the decode pool makes views {pool.views}, the store "
+                         f"wants {views}")  # fmt: skip
     # Lossless float16 storage needs only half-precision copies off the device; lossy codecs
     # quantise from float32 so their measured fidelity is against float32.
     writer = _WriterThread(group, as_float32=not parse_codec(cfg.codec).lossless)
     writer.start()
-    views = group.store.spec.views  # {} unless the store caches K ≥ 2 views per sample
     missing: list[str] = []
     batches = pool.batches(shard_path)
     try:
@@ -173,8 +177,8 @@ def cache_shard(
                 images = batch.images.to(device, non_blocking=True)
                 with autocast(cfg.precision, device):
                     feats = teacher.features(images, batch.labels)
-                if views:
-                    feats |= _view_features(teacher, batch, views, device, cfg.precision)
+                if batch.views is not None:
+                    feats |= _view_features(teacher, batch, device, cfg.precision)
                 writer.put(batch.keys, feats, batch.labels)
             if on_batch is not None:
                 on_batch(len(batch.keys) + len(batch.missing))
