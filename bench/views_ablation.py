@@ -97,6 +97,9 @@ def measure_costs(out: Path, num: int, codecs: list[str]) -> list[dict]:
     return rows
 
 
+HEADS = ("ar", "ctc")  # the decoder (the protocol) and the CTC head on the encoder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
@@ -136,25 +139,30 @@ def main() -> None:
             runs.append((seed, arm, replace(base, augment=augment, seed=seed)))
     for i in range(0, len(runs), max(args.parallel, 1)):
         train_runs([r for _, _, r in runs[i : i + max(args.parallel, 1)]], args.parallel > 1)
-    results: dict[str, dict[str, list[float]]] = {}
+    # Both heads: augmentation slows the decoder more than the encoder at this budget, so the
+    # AR figure alone would charge the decoder's lag to the targets (issue 20 item 4's rule).
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}
     for _, arm, run in runs:
         model = Path(run.out) / "student.safetensors"
-        evaluation = run_evaluation(model, data / "test", batch_size=64, device="cpu",
-                                    echo=False, speed=False)  # fmt: skip
-        for name, fig in set_figures(evaluation.report, None).items():  # AR word accuracy %
-            results.setdefault(arm, {}).setdefault(name, []).append(fig.ar)
+        kw = {"batch_size": 64, "device": "cpu", "echo": False, "speed": False, "threads": 1}
+        reports = [run_evaluation(model, data / "test", decoding=d, **kw).report for d in HEADS]
+        for name, fig in set_figures(*reports).items():
+            per_set = results.setdefault(arm, {}).setdefault(name, {})
+            for head in ("ar", "ctc", "best"):
+                per_set.setdefault(head, []).append(getattr(fig, head))
     out = {"scale": args.scale, "seeds": args.seeds, "costs": costs, "accuracy": results}
     (args.out / "views_ablation.json").write_text(json.dumps(out, indent=2) + "\n")
     sets = sorted({name for arm in results.values() for name in arm})
-    print(f"\nword accuracy % (mean ± sd over seeds {args.seeds}), scale {args.scale}")
-    print(f"{'arm':<12}" + "".join(f"{s:>20}" for s in sets))
-    for arm, per_set in results.items():
-        cells = []
-        for s in sets:
-            v = per_set.get(s, [])
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            cells.append(f"{statistics.mean(v):8.2f} ± {sd:5.2f}" if v else "-")
-        print(f"{arm:<12}" + "".join(f"{c:>20}" for c in cells))
+    for head in ("ar", "ctc", "best"):
+        print(f"\nword accuracy % by {head} (mean ± sd, seeds {args.seeds}), scale {args.scale}")
+        print(f"{'arm':<12}" + "".join(f"{s:>20}" for s in sets))
+        for arm, per_set in results.items():
+            cells = []
+            for s in sets:
+                v = per_set.get(s, {}).get(head, [])
+                sd = statistics.stdev(v) if len(v) > 1 else 0.0
+                cells.append(f"{statistics.mean(v):8.2f} ± {sd:5.2f}" if v else "-")
+            print(f"{arm:<12}" + "".join(f"{c:>20}" for c in cells))
 
 
 if __name__ == "__main__":
