@@ -67,17 +67,19 @@ def test_input_error_in_a_worker_is_its_own_line(capsys, monkeypatch, tmp_path, 
 
 
 def test_augment_on_device_from_the_cli(capsys, monkeypatch, tmp_path, deadline):
-    """`--augment-on device` reaches the run's config (and so its resume check) and trains."""
+    """`--augment --augment-on device` reaches the run's config (and so its resume check) and
+    trains (asked for: a 1-view store's run does not augment by default)."""
     import json
 
     shards = make_shards(tmp_path / "a", WORDS, shard_size=8)
     store = fake_store(shards, tmp_path / "store")
     run_dir = tmp_path / "run"
-    args = _train_args(shards, store, run_dir, "--max-steps", 2, "--workers", 0,
+    args = _train_args(shards, store, run_dir, "--max-steps", 2, "--workers", 0, "--augment",
                        "--augment-on", "device")  # fmt: skip
     code, out, err = run(capsys, monkeypatch, *args)
     assert code == 0, err
-    assert json.loads((run_dir / "config.json").read_text())["augment_on"] == "device"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["augment_on"] == "device" and config["augment"] is True
     code, _, err = run(capsys, monkeypatch, *_train_args(shards, store, tmp_path / "r2",
                        "--max-steps", 1, "--augment-on", "gpu"))  # fmt: skip
     assert code == 2 and "augment_on must be host or device" in err, err

@@ -530,8 +530,10 @@ def test_disk_full_in_train_closes_the_bar_and_prints_one_line(data, tmp_path, m
 def test_device_augmentation_trains_and_resumes_exactly(data, tmp_path: Path) -> None:
     """``augment_on="device"``: the stream yields clean images and the trainer augments the
     batch where it trains (here the CPU) before normalising, from a seed of (seed, epoch,
-    batch), so a resumed run replays the same pixels; `augment_from_epoch` holds it back."""
-    trainer = Trainer(_cfg(data, tmp_path / "probe", max_steps=3, augment_on="device"))
+    batch), so a resumed run replays the same pixels; `augment_from_epoch` holds it back.
+    (Augmentation asked for: by default a 1-view store's run does not augment.)"""
+    on_device = {"augment": True, "augment_on": "device"}
+    trainer = Trainer(_cfg(data, tmp_path / "probe", max_steps=3, **on_device))
     assert trainer.stream.cfg.augment is False and trainer.device_augment is not None
     batch = next(iter(trainer.stream))
     clean = normalize(batch["images"])
@@ -539,20 +541,20 @@ def test_device_augmentation_trains_and_resumes_exactly(data, tmp_path: Path) ->
     changed = (moved != clean).flatten(1).any(1)
     assert changed.sum() >= len(changed) // 2  # 7 in 8 images draw at least one op
     assert torch.equal(trainer._to_device(batch)["images"], moved)
-    later = Trainer(_cfg(data, tmp_path / "later", max_steps=3, augment_on="device",
+    later = Trainer(_cfg(data, tmp_path / "later", max_steps=3, **on_device,
                          augment_from_epoch=1))  # fmt: skip
     assert torch.equal(later._to_device(batch)["images"], clean)  # epoch 0: clean
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     for run in (full, cut):
-        Trainer(_cfg(data, run, max_steps=4, ckpt_every=2, augment_on="device")).run()
+        Trainer(_cfg(data, run, max_steps=4, ckpt_every=2, **on_device)).run()
     shutil.rmtree(checkpoint_dirs(cut)[-1])
     (cut / "student.safetensors").unlink()
     lines = (cut / "history.jsonl").read_text().splitlines()[:2]
     (cut / "history.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match="different settings: augment_on"):
-        Trainer(_cfg(data, cut, max_steps=4, ckpt_every=2), resume=True)
-    Trainer(_cfg(data, cut, max_steps=4, ckpt_every=2, augment_on="device"), resume=True).run()
+        Trainer(_cfg(data, cut, max_steps=4, ckpt_every=2, augment=True), resume=True)
+    Trainer(_cfg(data, cut, max_steps=4, ckpt_every=2, **on_device), resume=True).run()
     a, b = _history(full), _history(cut)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert json.loads((full / "config.json").read_text())["augment_on"] == "device"

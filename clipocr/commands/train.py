@@ -117,7 +117,15 @@ def train(
     ] = None,
     threads: ThreadsOption = None,
     augment: Annotated[
-        bool | None, typer.Option("--augment/--no-augment", rich_help_panel=_DATA)
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment",
+            help="PARSeq's RandAugment on the student's images. Default: on for a plain run and "
+            "for a teacher store cached with --views K ≥ 2 (the views replay what the teacher "
+            "saw), off when distilling from a 1-view store (clean-image targets; measured far "
+            "worse than no augmentation, BENCHMARKS 'Cached views').",
+            rich_help_panel=_DATA,
+        ),
     ] = None,
     augment_on: Annotated[
         str | None,

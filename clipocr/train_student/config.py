@@ -50,7 +50,9 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None = cores minus workers
     shuffle_buffer: int = 1000
     open_shards: int = 8  # shards each DataLoader worker interleaves (mixing across shards)
-    augment: bool = True
+    # None = auto (`run_setup.resolve_augment`): on for a plain run or a K-view store, off when
+    # distilling from a 1-view store, whose targets are the clean image's (issue 19 measurement)
+    augment: bool | None = None
     augment_from_epoch: int = 0  # clean images for the first N epochs, then augmented (issue 13)
     augment_on: str = "host"  # host: PIL in the DataLoader workers; device: the batch, batched
     # a K-view store (issue 19) whose views would not replay bit for bit here: train anyway (the

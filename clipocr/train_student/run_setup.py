@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,6 +32,39 @@ def set_cpu_threads(cfg: TrainConfig) -> None:
     the DDP ranks on it), so the math and the decoding do not take turns on the same cores."""
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(cpu_threads(cfg.workers, cfg.threads, ranks_here).intra_op)
+
+
+# What augmenting a student against a 1-view store's clean-image targets cost, measured
+# (BENCHMARKS "Cached views: accuracy"): the reason `augment=None` turns it off there.
+CLEAN_TARGET_COST = (
+    "an augmented student distilled toward the clean image's targets read 2.0 % of rendered clean "
+    "words where the same run without augmentation read 40.8 % (demo budget, seed 0)"
+)
+
+
+def resolve_augment(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with ``augment`` made concrete before anything checks or records it.
+
+    Auto (None): augment a plain run and a run from a K-view store (its views replay the pixels
+    the teacher saw); do not augment a run distilled from a 1-view store, whose targets are those
+    of the un-augmented image — a mismatch that measured far worse than no augmentation. An
+    explicit ``--augment`` there is obeyed, with a warning that says what it cost."""
+    if cfg.augment is False:
+        return cfg
+    if not cfg.distill:
+        return cfg if cfg.augment else replace(cfg, augment=True)
+    views = TeacherStore(cfg.teacher_store).spec.view_count
+    if cfg.augment is None:
+        log.info("augmentation %s (auto: a %d-view teacher store)", "on" if views > 1 else
+                 "off", views)  # fmt: skip
+        return replace(cfg, augment=views > 1)
+    if views == 1:
+        log.warning(
+            "%s: one view per sample, so an augmented student is distilled toward the clean "
+            "image's features; %s. Cache --views 2 or more, or train with --no-augment",
+            cfg.teacher_store, CLEAN_TARGET_COST,
+        )  # fmt: skip
+    return cfg
 
 
 def pick_device(cfg: TrainConfig, local_rank: int) -> torch.device:

@@ -49,6 +49,7 @@ from clipocr.train_student.run_setup import (
     open_store,
     pick_device,
     rebuild_schedule,
+    resolve_augment,
     set_cpu_threads,
     unwrap_worker_error,
 )
@@ -82,6 +83,7 @@ class Trainer:
         validation sets (see `Validate`); without it, ``cfg.val`` is ignored with a warning.
         The run folder is locked from here until `run` ends (`run_lock`): another run holding
         it is an error, or is waited for with `wait`."""
+        cfg = resolve_augment(cfg)  # before the resume check compares and the run records it
         self.cfg = cfg
         self.rank, self.world, local_rank = dist_env()
         self.is_main = self.rank == 0
