@@ -115,6 +115,12 @@ def main() -> None:
         help="only measure teacher time and bytes/sample, K = 1, 2, 4, on N words",
     )
     parser.add_argument("--codecs", nargs="+", default=["zstd", "int8-channel"])
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="read the students OUT already holds; no caching or training (a store made with "
+        "another bundled teacher is refused by the cache's resume check, rightly)",
+    )
     args = parser.parse_args()
     if args.costs:
         rows = measure_costs(args.out, args.costs, args.codecs)
@@ -128,8 +134,9 @@ def main() -> None:
     costs = []
     for views in sorted({ARMS[a][0] for a in args.arms}):
         stores[views] = args.out / f"store_k{views}"
-        costs.append(cache_store(shards, stores[views], views))
-        print(f"store K={views}: {costs[-1]}")
+        if not args.evaluate_only:
+            costs.append(cache_store(shards, stores[views], views))
+            print(f"store K={views}: {costs[-1]}")
     runs = []
     for seed in args.seeds:
         for arm in args.arms:
@@ -137,7 +144,7 @@ def main() -> None:
             base = _train_config(cfg, shards, stores[views], data / "val",
                                  args.out / "runs" / f"seed{seed}" / arm, distill=True)  # fmt: skip
             runs.append((seed, arm, replace(base, augment=augment, seed=seed)))
-    for i in range(0, len(runs), max(args.parallel, 1)):
+    for i in range(0, 0 if args.evaluate_only else len(runs), max(args.parallel, 1)):
         train_runs([r for _, _, r in runs[i : i + max(args.parallel, 1)]], args.parallel > 1)
     # Both heads: augmentation slows the decoder more than the encoder at this budget, so the
     # AR figure alone would charge the decoder's lag to the targets (issue 20 item 4's rule).
