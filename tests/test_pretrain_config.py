@@ -41,7 +41,7 @@ def test_save_writes_the_settings_and_versions_and_reads_back(tmp_path):
 
 def test_the_bundled_teachers_record_is_a_config():
     cfg = PretrainConfig.from_sources(BUNDLED, {"out": "elsewhere"})
-    assert cfg.minutes == 80 and cfg.lr == 1e-3 and cfg.width == 128 and cfg.out == "elsewhere"
+    assert cfg.minutes == 55 and cfg.lr == 1e-3 and cfg.width == 128 and cfg.out == "elsewhere"
     assert cfg.command is None  # the record's command line is not this run's
 
 
