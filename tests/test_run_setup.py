@@ -56,3 +56,41 @@ def test_the_resolved_value_is_what_a_run_records(views, tmp_path) -> None:
     cfg = resolve_augment(_cfg(out=str(tmp_path / "run")))
     cfg.save(tmp_path / "config.json")
     assert '"augment": false' in (tmp_path / "config.json").read_text()
+
+
+class _DyingIterator:
+    """Yields one batch, then fails as a killed worker's hand-over does."""
+
+    def __init__(self) -> None:
+        self.left, self.shut = 1, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.left:
+            self.left -= 1
+            return "batch"
+        raise ConnectionResetError("Connection reset by peer")
+
+    def _shutdown_workers(self) -> None:
+        self.shut = True
+
+
+def test_a_failed_fetch_lets_the_workers_go_before_the_error_leaves() -> None:
+    """Else torch's SIGCHLD handler raises a second error later, while the first is reported."""
+    dying = _DyingIterator()
+    got = []
+    with pytest.raises(ConnectionResetError):
+        for batch in run_setup.worker_safe_batches(_Loader(dying)):
+            got.append(batch)
+            assert not dying.shut
+    assert got == ["batch"] and dying.shut
+
+
+class _Loader:
+    def __init__(self, it) -> None:
+        self.it = it
+
+    def __iter__(self):
+        return self.it

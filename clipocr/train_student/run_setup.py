@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
@@ -144,3 +146,19 @@ def rebuild_schedule(
         fresh["total_steps"],
         step,
     )
+
+
+def worker_safe_batches(loader: DataLoader) -> Iterator:
+    """`loader`'s batches; when fetching one fails (a worker killed mid-hand-over, say), its
+    workers are let go before the error leaves. Otherwise torch's SIGCHLD handler, which checks
+    the workers of every live iterator, raises a second "DataLoader worker … killed" later —
+    anywhere, even while the first error is being reported — because the traceback keeps the
+    iterator alive."""
+    batches = iter(loader)
+    try:
+        yield from batches
+    except BaseException:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # absent without workers
+        if shutdown is not None:
+            shutdown()
+        raise

@@ -52,6 +52,7 @@ from clipocr.train_student.run_setup import (
     resolve_augment,
     set_cpu_threads,
     unwrap_worker_error,
+    worker_safe_batches,
 )
 from clipocr.train_student.system import DistillSystem, param_groups
 
@@ -351,7 +352,7 @@ class Trainer:
         """
         self.stream.set_epoch(self.pos.epoch, self.pos.batch_in_epoch)
         tic, seen = time.perf_counter(), 0
-        for batch in loader:
+        for batch in worker_safe_batches(loader):
             metrics = self.train_step(batch)
             self.pos.step += 1
             self.pos.batch_in_epoch += 1
