@@ -75,9 +75,13 @@ def _split_real(real_root: Path, data: Path, held_back: int, select: int, seed: 
     return train_parts
 
 
-def _mean_ctc(arms: list[Arm], arm: str, name: str) -> str:
-    values = [a.ctc_accuracy[name] for a in arms if a.name == arm and name in a.ctc_accuracy]
+def _mean(values: list[float]) -> str:
+    """The mean to one decimal, or a dash for an arm this run did not train (``--arms``)."""
     return f"{statistics.mean(values):.1f}" if values else "–"
+
+
+def _mean_ctc(arms: list[Arm], arm: str, name: str) -> str:
+    return _mean([a.ctc_accuracy[name] for a in arms if a.name == arm and name in a.ctc_accuracy])
 
 
 def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
@@ -141,6 +145,12 @@ def main() -> None:
     )
     parser.add_argument("--val-every", type=int, default=None, help="steps (default: 20 points)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--views", type=int, default=1, help="teacher views per sample (2+ with --augment)"
+    )
+    parser.add_argument(
+        "--arms", nargs="+", default=["baseline", "distilled"], choices=["baseline", "distilled"]
+    )
     parser.add_argument("--curves", type=Path, default=Path("docs/reference_curves.png"))
     args = parser.parse_args()
 
@@ -174,9 +184,9 @@ def main() -> None:
     shards = data / "shards"
     if not (shards / "shards.json").exists():
         prepare_shards(train_sets, shards, Charset.from_name("36"), shard_size=5000)
-    store = out / "teacher_store"
+    store = out / ("teacher_store" if args.views == 1 else f"teacher_store_k{args.views}")
     job = CacheJob(str(shards), str(store), DEFAULT_DEMO_TEACHER, RunnerConfig(batch_size=256),
-                   device=args.device)  # fmt: skip
+                   device=args.device, views=args.views)  # fmt: skip
     cached = run_cache(job, dask_workers=1, processes=False)
     if cached.failed:
         raise SystemExit(f"caching failed: {cached.failed}")
@@ -192,7 +202,7 @@ def main() -> None:
     curves: dict[str, list[tuple[int, float]]] = {}
     for seed in args.seeds:
         runs = []
-        for arm in ("baseline", "distilled"):
+        for arm in args.arms:
             runs.append(
                 TrainConfig(
                     shards=str(shards),
@@ -246,12 +256,12 @@ def main() -> None:
     for name in names:
         base = [a.accuracy[name] for a in arms if a.name == "baseline"]
         dist = [a.accuracy[name] for a in arms if a.name == "distilled"]
-        gains = [d - b for d, b in zip(dist, base, strict=True)]
+        gains = [d - b for d, b in zip(dist, base, strict=True)] if base and dist else []
         spread = f" ± {statistics.stdev(gains):.1f}" if len(gains) > 1 else ""
+        gain = f"{statistics.mean(gains):+.1f}{spread}" if gains else "–"
         lines.append(
-            f"| {name} | {statistics.mean(base):.1f} | {statistics.mean(dist):.1f} | "
-            f"{statistics.mean(gains):+.1f}{spread} | {_mean_ctc(arms, 'baseline', name)} / "
-            f"{_mean_ctc(arms, 'distilled', name)} |"
+            f"| {name} | {_mean(base)} | {_mean(dist)} | {gain} | "
+            f"{_mean_ctc(arms, 'baseline', name)} / {_mean_ctc(arms, 'distilled', name)} |"
         )
     table = "\n".join(lines)
     print(table)
