@@ -130,6 +130,9 @@ def main() -> None:
         "--augment", action="store_true", help="PARSeq's RandAugment (off: ≈ 2 epochs)"
     )
     parser.add_argument("--preset", default="demo")
+    parser.add_argument(
+        "--charset", default="36", help="36, 62 or 94 (a plain arm only: the teacher reads 36)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--real-data", type=Path, default=Path("../shared/data/real-train"))
     parser.add_argument("--held-back", type=int, default=500, help="real test crops per set")
@@ -165,11 +168,13 @@ def main() -> None:
     from clipocr.pipeline.threads import usable_cores
     from clipocr.train_student.config import TrainConfig
 
+    if args.charset != "36" and "distilled" in args.arms:
+        raise SystemExit(f"--charset {args.charset}: the teacher reads 36 symbols; --arms baseline")
     out, data = args.out, args.out / "data"
     clean = round(args.words * 0.7)
     train_sets = [
-        render_once(data / "train" / "synth_clean", clean, 101, "clean"),
-        render_once(data / "train" / "synth_hard", args.words - clean, 102, "hard"),
+        render_once(data / "train" / "synth_clean", clean, 101, "clean", args.charset),
+        render_once(data / "train" / "synth_hard", args.words - clean, 102, "hard", args.charset),
     ]
     real_train = _split_real(args.real_data, data, args.held_back, args.select, seed=0)
     for copy in range(args.real_repeat):  # an LMDB opens once per process: repeats are copies
@@ -178,18 +183,20 @@ def main() -> None:
             if not repeat.exists():
                 shutil.copytree(part, repeat)
             train_sets.append(repeat)
-    render_once(data / "test" / "synth_clean", 500, 103, "clean")
+    render_once(data / "test" / "synth_clean", 500, 103, "clean", args.charset)
     if args.select:
-        render_once(data / "val" / "synth_clean", args.select, 104, "clean")
+        render_once(data / "val" / "synth_clean", args.select, 104, "clean", args.charset)
     shards = data / "shards"
     if not (shards / "shards.json").exists():
-        prepare_shards(train_sets, shards, Charset.from_name("36"), shard_size=5000)
+        prepare_shards(train_sets, shards, Charset.from_name(args.charset), shard_size=5000)
     store = out / ("teacher_store" if args.views == 1 else f"teacher_store_k{args.views}")
-    job = CacheJob(str(shards), str(store), DEFAULT_DEMO_TEACHER, RunnerConfig(batch_size=256),
-                   device=args.device, views=args.views)  # fmt: skip
-    cached = run_cache(job, dask_workers=1, processes=False)
-    if cached.failed:
-        raise SystemExit(f"caching failed: {cached.failed}")
+    if "distilled" in args.arms:  # a baseline-only run needs no teacher
+        runner = RunnerConfig(batch_size=256)
+        job = CacheJob(str(shards), str(store), DEFAULT_DEMO_TEACHER, runner, device=args.device,
+                       views=args.views)  # fmt: skip
+        cached = run_cache(job, dask_workers=1, processes=False)
+        if cached.failed:
+            raise SystemExit(f"caching failed: {cached.failed}")
 
     steps = max(args.samples // args.batch_size, 1)
     val_every = args.val_every or max(steps // 20, 1)
@@ -210,6 +217,7 @@ def main() -> None:
                     distill=arm == "distilled",
                     out=str(out / "runs" / f"{args.samples}-seed{seed}" / arm),
                     preset=args.preset,
+                    charset=args.charset,
                     batch_size=args.batch_size,
                     lr=args.lr,
                     augment=args.augment,

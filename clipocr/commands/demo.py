@@ -91,13 +91,13 @@ def _real_lmdbs(real_root: Path, data: Path, count: int, seed: int) -> list[Path
     return made
 
 
-def render_once(path: Path, num: int, seed: int, style: str) -> Path:
+def render_once(path: Path, num: int, seed: int, style: str, charset: str = "36") -> Path:
     """Render `num` words of `style` into the LMDB `path` unless it exists (a rerun resumes)."""
     from clipocr.pipeline.charset import Charset
     from clipocr.pipeline.synth import render_lmdb
 
     if not path.exists():
-        render_lmdb(path, num=num, seed=seed, charset=Charset.from_name("36"), style=style)
+        render_lmdb(path, num=num, seed=seed, charset=Charset.from_name(charset), style=style)
     return path
 
 
