@@ -31,9 +31,8 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory) -> TeacherConfig:
-    root = tmp_path_factory.mktemp("teacher")
+def write_tiny_teacher(root: Path) -> TeacherConfig:
+    """The TINY open_clip model (seed-0 weights) written as a config + weights file in `root`."""
     (root / "tiny.json").write_text(json.dumps(TINY))
     torch.manual_seed(0)
     model = open_clip.CLIP(**TINY)
@@ -41,6 +40,11 @@ def tiny_teacher(tmp_path_factory) -> TeacherConfig:
         {k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "w.safetensors")
     )
     return TeacherConfig(model=str(root / "tiny.json"), pretrained=str(root / "w.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> TeacherConfig:
+    return write_tiny_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 @pytest.fixture(scope="module")

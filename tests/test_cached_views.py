@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import WORDS, fake_store, make_shards
-from test_cache_teacher import TINY
+from test_cache_teacher import write_tiny_teacher
 from typer.testing import CliRunner
 
 from clipocr.cache_teacher.orchestrate import CacheJob, run_cache
 from clipocr.cache_teacher.runner import RunnerConfig
-from clipocr.cache_teacher.teacher import Teacher, TeacherConfig
+from clipocr.cache_teacher.teacher import Teacher
 from clipocr.commands.app import app
 from clipocr.pipeline.charset import Charset
 from clipocr.pipeline.errors import InputError
@@ -38,17 +38,8 @@ CS = Charset.from_name("36")
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory) -> dict:
     """A K-view store made by the CLI, and the pixels its teacher was fed: (key, view) → uint8."""
-    import open_clip
-    from safetensors.torch import save_file
-
     root = tmp_path_factory.mktemp("views")
-    (root / "tiny.json").write_text(json.dumps(TINY))
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**TINY)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "w.safetensors")
-    )
-    teacher = TeacherConfig(model=str(root / "tiny.json"), pretrained=str(root / "w.safetensors"))
+    teacher = write_tiny_teacher(root)
     shards = make_shards(root, WORDS, shard_size=6)
     key_of = {label: key for p in shard_paths(shards) for key, _, label in iter_shard_raw(p)}
     calls: list[tuple[list[str], np.ndarray]] = []
